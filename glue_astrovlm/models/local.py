@@ -1,0 +1,295 @@
+"""The local backend: a transformers ``AutoModelForImageTextToText`` with optional peft LoRA adapters."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import AstroVLMError
+from ..labelsets import LabelSet
+from .base import VLM, ModelImage, OperationCancelled, classification_result, text_result
+from .devices import pick_device, pick_dtype
+from .image_tokens import processor_kwargs_for
+from .scoring import score_labels_cached
+
+__all__ = ["LocalVLM"]
+
+log = logging.getLogger("glue_astrovlm")
+
+
+def _is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in str(error).lower()
+
+
+class LocalVLM(VLM):
+    """A vision-language model running in this process (GPU, Apple MPS or CPU).
+
+    Use `glue_astrovlm.load_model` to create one. Attributes worth knowing:
+
+    Attributes
+    ----------
+    device : str
+        ``'cuda'``, ``'mps'`` or ``'cpu'``.
+    dtype : torch.dtype
+        Weights' precision (bfloat16 on GPU; on CPU the faster of float32/bfloat16 measured here).
+    batch_size : int
+        Images per forward pass; halved automatically after a CUDA out-of-memory error.
+    processor_kwargs : dict
+        What the processor is called with; fixes the image tokens per cutout (see `image_tokens`).
+    adapters : list of str
+        Names of the loaded LoRA adapters.
+    """
+
+    def __init__(self, model, processor, name: str, *, device: str, dtype, batch_size: int,
+                 processor_kwargs: dict):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self.processor_kwargs = dict(processor_kwargs)
+        self.adapter = None
+        self._adapters: list[str] = []
+        self._continuation_cache: dict[tuple, list[list[int]]] = {}
+        self.last_image_tokens: int | None = None
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    # ------------------------------------------------------------------ adapters
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def load_adapter(self, path: str | Path, name: str | None = None, *, activate: bool = True) -> str:
+        """Load a LoRA adapter saved as safetensors (``adapter_model.safetensors``) under ``name``.
+
+        Parameters
+        ----------
+        path : path-like
+            Directory written by ``astrovlm finetune`` or peft's ``save_pretrained``.
+        name : str, optional
+            Name to switch to it by; defaults to the directory name.
+        activate : bool
+            Make it the active adapter.
+        """
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise AstroVLMError(f"{path} is not a LoRA adapter directory (no adapter_config.json).")
+        if not (path / "adapter_model.safetensors").is_file():
+            raise AstroVLMError(f"{path} has no adapter_model.safetensors. Only safetensors adapters are loaded "
+                                "(pickled .bin files can run code); re-save it with save_pretrained("
+                                "safe_serialization=True).")
+        name = name or path.name
+        if name in self._adapters:
+            raise AstroVLMError(f"An adapter named {name!r} is already loaded; choose another name.")
+        if not self._adapters:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+        else:
+            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        self.model.eval()
+        self._adapters.append(name)
+        log.info("Loaded adapter %r from %s", name, path)
+        if activate:
+            self.set_adapter(name)
+        else:
+            self.set_adapter(self.adapter)
+        return name
+
+    def set_adapter(self, name: str | None) -> None:
+        """Make adapter ``name`` active, or use the base model with ``None``."""
+        if name is not None and name not in self._adapters:
+            raise AstroVLMError(f"No adapter named {name!r}; loaded: {', '.join(self._adapters) or 'none'}.")
+        self.adapter = name
+        if name is not None:
+            self.model.set_adapter(name)
+
+    def disable_adapter(self) -> None:
+        """Use the base model (adapters stay loaded and can be switched back on)."""
+        self.set_adapter(None)
+
+    @contextlib.contextmanager
+    def _active(self, adapter=...):
+        previous = self.adapter
+        if adapter is not ...:
+            self.set_adapter(adapter)
+        try:
+            if self.adapter is None and self._adapters:
+                with self.model.disable_adapter():
+                    yield
+            else:
+                yield
+        finally:
+            if adapter is not ...:
+                self.set_adapter(previous)
+
+    # ------------------------------------------------------------------ inputs
+    def _conversation(self, prompt: str, answer: str | None = None) -> list[dict]:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return messages
+
+    def prompt_text(self, prompt: str) -> str:
+        """The chat-templated prompt up to the assistant's turn."""
+        return self.processor.apply_chat_template(self._conversation(prompt), add_generation_prompt=True)
+
+    def _encode(self, images: Sequence[ModelImage], prompt_text: str, padding: bool = False) -> dict:
+        inputs = self.processor(text=[prompt_text] * len(images), images=[[m.image] for m in images],
+                                return_tensors="pt", padding=padding, **self.processor_kwargs)
+        return self._to_device(inputs)
+
+    def _to_device(self, inputs) -> dict:
+        import torch
+
+        moved = {}
+        for key, value in dict(inputs).items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.model.device)
+                if value.is_floating_point():
+                    value = value.to(self.dtype)
+            moved[key] = value
+        return moved
+
+    def image_token_count(self, inputs: dict) -> int:
+        """Image tokens per cutout in encoded inputs (prompt tokens that are image placeholders)."""
+        image_token_id = getattr(self.model.config, "image_token_id", None)
+        if image_token_id is None:
+            image_token_id = getattr(self.model.config, "image_token_index", None)
+        if image_token_id is None:
+            return -1
+        return int((inputs["input_ids"][0] == image_token_id).sum())
+
+    def label_continuations(self, label_set: LabelSet) -> list[list[int]]:
+        """Token ids of each label as a complete assistant answer (through the end-of-turn token)."""
+        key = (label_set.labels, label_set.prompt())
+        if key not in self._continuation_cache:
+            prefix = self.prompt_text(label_set.prompt())
+            prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            continuations = []
+            for label in label_set.labels:
+                full = self.processor.apply_chat_template(self._conversation(label_set.prompt(), label))
+                if full.startswith(prefix):
+                    text = full[len(prefix):].rstrip()
+                else:  # templates that rewrite earlier turns: the label and the end-of-sequence token
+                    text = " " + label + (self.tokenizer.eos_token or "")
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                if not ids:
+                    raise AstroVLMError(f"The label {label!r} encodes to no tokens for this model.")
+                continuations.append(ids)
+            if len({tuple(c) for c in continuations}) != len(continuations):
+                raise AstroVLMError(f"Labels {list(label_set.labels)} are not distinguishable after tokenization.")
+            log.debug("Prefix %d text tokens; label continuations %s", len(prefix_ids), continuations)
+            self._continuation_cache[key] = continuations
+        return self._continuation_cache[key]
+
+    # ------------------------------------------------------------------ batching
+    def _run_batches(self, images: Sequence[ModelImage], run_batch, progress, cancel, what: str) -> list:
+        """Run ``run_batch(batch) -> list`` over ``images`` with OOM back-off, progress and cancellation."""
+        import torch
+
+        results: list = []
+        total = len(images)
+        batch_size = max(1, self.batch_size)
+        start = 0
+        began = time.perf_counter()
+        while start < total:
+            if cancel is not None and cancel.is_set():
+                raise OperationCancelled(results)
+            batch = images[start:start + batch_size]
+            try:
+                results.extend(run_batch(batch))
+            except Exception as error:  # noqa: BLE001 - only OOM is retried
+                if not _is_oom(error):
+                    raise
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                if batch_size == 1:
+                    raise AstroVLMError(f"Out of memory on {self.device} even with one image per batch; use a "
+                                        "smaller model, --dtype bfloat16, or --device cpu.") from error
+                batch_size = max(1, batch_size // 2)
+                self.batch_size = batch_size
+                log.warning("Out of memory on %s: retrying with batch size %d", self.device, batch_size)
+                continue
+            start += len(batch)
+            if progress is not None:
+                progress(len(results), total)
+        elapsed = time.perf_counter() - began
+        log.info("%s %d image(s) in %.2f s (%.2f images/s) on %s/%s, batch %d, %s image tokens/cutout",
+                 what, total, elapsed, total / max(elapsed, 1e-9), self.device, str(self.dtype).replace("torch.", ""),
+                 batch_size, self.last_image_tokens)
+        return results
+
+    # ------------------------------------------------------------------ tasks
+    def ask(self, images, question: str, *, adapter=..., **kwargs):
+        with self._active(adapter):
+            return super().ask(images, question, **kwargs)
+
+    def describe(self, images, *, adapter=..., **kwargs):
+        with self._active(adapter):
+            return super().describe(images, **kwargs)
+
+    def classify(self, images, labels=None, *, adapter=..., **kwargs):
+        """As `VLM.classify`; ``adapter`` picks a loaded adapter (or `None` for the base model) for this call."""
+        with self._active(adapter):
+            return super().classify(images, labels, **kwargs)
+
+    def _classify(self, images, label_set: LabelSet, progress, cancel):
+        continuations = self.label_continuations(label_set)
+        prompt_text = self.prompt_text(label_set.prompt())
+        pad_id = self.tokenizer.pad_token_id
+
+        def run_batch(batch):
+            inputs = self._encode(batch, prompt_text)
+            self.last_image_tokens = self.image_token_count(inputs)
+            if "attention_mask" in inputs and not bool(inputs["attention_mask"].all()):
+                groups = [[m] for m in batch]  # unequal prefix lengths: score one by one
+            else:
+                groups = [batch]
+            out = []
+            for group in groups:
+                enc = inputs if len(groups) == 1 else self._encode(group, prompt_text)
+                scores = score_labels_cached(self.model, enc, continuations, pad_id)
+                probs = scores.float().softmax(dim=-1).cpu().numpy()
+                out += [classification_result(m, label_set, p, self.name, self.adapter, self.last_image_tokens)
+                        for m, p in zip(group, probs)]
+            return out
+
+        return self._run_batches(images, run_batch, progress, cancel, "Classified")
+
+    def _generate(self, images, prompt, task, max_new_tokens, progress, cancel):
+        import torch
+
+        prompt_text = self.prompt_text(prompt)
+        self.tokenizer.padding_side = "left"
+
+        def run_batch(batch):
+            inputs = self._encode(batch, prompt_text, padding=True)
+            self.last_image_tokens = self.image_token_count(inputs)
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                             pad_token_id=self.tokenizer.pad_token_id)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            return [text_result(m, task, prompt, t, self.name, self.adapter, self.last_image_tokens)
+                    for m, t in zip(batch, texts)]
+
+        return self._run_batches(images, run_batch, progress, cancel, "Answered")
+
+    def close(self) -> None:
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()

@@ -1,0 +1,134 @@
+"""Label scoring from the model's likelihood, with the image-plus-prompt prefix computed once.
+
+For an image and a label set of K labels, the probability of label k is
+
+    p_k = exp(log P(c_k | prefix)) / sum_j exp(log P(c_j | prefix))
+
+where ``prefix`` is the chat-templated image and prompt up to the assistant turn, and ``c_k`` is the
+token sequence of the assistant's answer ``k`` up to and including its end-of-turn token (so that
+``FRI`` and ``FRII`` are compared as complete answers, not as prefixes of each other).
+
+The prefix is run once per image with the KV cache on; the cache is then repeated K times and all
+K continuations of all images in the batch are scored in one more forward pass of at most
+``max(len(c_k))`` tokens. `score_labels_bruteforce` is the plain reference: one full forward pass per
+label.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+__all__ = ["score_labels_cached", "score_labels_bruteforce", "continuation_logprobs"]
+
+
+def _pad(sequences: Sequence[Sequence[int]], pad_id: int):
+    import torch
+
+    width = max(len(seq) for seq in sequences)
+    out = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return out
+
+
+def continuation_logprobs(first_logits, cont_logits, continuations: Sequence[Sequence[int]]):
+    """Sum of log-probabilities of each continuation.
+
+    Parameters
+    ----------
+    first_logits : torch.Tensor
+        ``(N, V)`` logits at the last prefix position (they predict the first continuation token).
+    cont_logits : torch.Tensor or None
+        ``(N, L, V)`` logits at the continuation positions (position j predicts token j+1).
+    continuations : list of list of int
+        Token ids of the N continuations (right-padded inside the tensors).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` float32 total log-probabilities.
+    """
+    import torch
+
+    n = len(continuations)
+    ids = _pad(continuations, 0).to(first_logits.device)
+    lengths = torch.tensor([len(c) for c in continuations], device=first_logits.device)
+    first = torch.log_softmax(first_logits.float(), dim=-1).gather(1, ids[:, :1]).squeeze(1)
+    total = first
+    if ids.shape[1] > 1:
+        logp = torch.log_softmax(cont_logits[:, : ids.shape[1] - 1].float(), dim=-1)
+        rest = logp.gather(2, ids[:, 1:, None]).squeeze(2)  # (N, L-1)
+        valid = torch.arange(1, ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        total = total + (rest * valid).sum(1)
+    return total.reshape(n)
+
+
+def score_labels_cached(model, prefix_inputs: dict, continuations: Sequence[Sequence[int]], pad_id: int):
+    """Log-likelihood of every continuation for every prefix in a batch, reusing the prefix KV cache.
+
+    Parameters
+    ----------
+    model : transformers model
+        An ``AutoModelForImageTextToText`` in eval mode.
+    prefix_inputs : dict
+        Processor output for B prefixes of equal length (no padding), already on the model's device.
+    continuations : list of list of int
+        The K label continuations (token ids), shared by all prefixes.
+    pad_id : int
+        Token used to right-pad continuations (never scored).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, K)`` total log-probabilities.
+    """
+    import torch
+
+    k = len(continuations)
+    with torch.inference_mode():
+        out = model(**prefix_inputs, use_cache=True, logits_to_keep=1)
+        first = out.logits[:, -1]  # (B, V)
+        batch = first.shape[0]
+        prefix_len = prefix_inputs["input_ids"].shape[1]
+        first = first.repeat_interleave(k, dim=0)  # row b*K + k
+        longest = max(len(c) for c in continuations)
+        cont_logits = None
+        if longest > 1:
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(k)
+            ids = _pad(continuations, pad_id)[:, : longest - 1].repeat(batch, 1).to(first.device)
+            attention = torch.ones(batch * k, prefix_len + ids.shape[1], dtype=torch.long, device=first.device)
+            cont_logits = model(input_ids=ids, attention_mask=attention, past_key_values=cache,
+                                use_cache=True).logits
+        scores = continuation_logprobs(first, cont_logits, list(continuations) * batch)
+    return scores.reshape(batch, k)
+
+
+def score_labels_bruteforce(model, prefix_inputs: dict, continuations: Sequence[Sequence[int]]):
+    """Reference scoring: one complete forward pass (image, prompt and label) per label and prefix.
+
+    Same arguments and return value as `score_labels_cached`; used by the tests and as a benchmark
+    baseline.
+    """
+    import torch
+
+    ids = prefix_inputs["input_ids"]
+    batch, prefix_len = ids.shape
+    rows = []
+    with torch.inference_mode():
+        for b in range(batch):
+            row = []
+            single = {key: value[b : b + 1] if hasattr(value, "shape") and value.shape[:1] == (batch,) else value
+                      for key, value in prefix_inputs.items()}
+            for cont in continuations:
+                cont_ids = torch.as_tensor([cont], dtype=torch.long, device=ids.device)
+                full = dict(single)
+                full["input_ids"] = torch.cat([single["input_ids"], cont_ids], dim=1)
+                if "attention_mask" in single:
+                    full["attention_mask"] = torch.ones_like(full["input_ids"])
+                logits = model(**full, use_cache=False).logits[0]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                positions = torch.arange(prefix_len - 1, prefix_len - 1 + len(cont), device=ids.device)
+                row.append(logp[positions, cont_ids[0]].sum())
+            rows.append(torch.stack(row))
+    return torch.stack(rows)
