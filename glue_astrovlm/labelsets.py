@@ -124,9 +124,14 @@ class LabelSet:
 
 
 def classification_prompt(question: str, labels: Iterable[str], descriptions: Iterable[str]) -> str:
-    """The classification prompt shared by every backend, so that results are comparable."""
+    """The classification prompt shared by every backend, so that results are comparable.
+
+    Options are listed in a canonical (case-insensitive alphabetical) order, so the prompt, and with it
+    every probability, does not depend on the order in which a user typed the labels: permuting the
+    labels only permutes the probabilities.
+    """
     lines = [question.strip(), "Options:"]
-    for label, description in zip(labels, descriptions):
+    for label, description in sorted(zip(labels, descriptions), key=lambda pair: (pair[0].casefold(), pair[0])):
         lines.append(f"- {label}: {description}" if description else f"- {label}")
     lines.append("Answer with the name of one option only.")
     return "\n".join(lines)

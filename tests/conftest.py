@@ -1,0 +1,50 @@
+"""Shared fixtures: the real data in ../shared and tiny real transformers models built from real configs."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("ASTROVLM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real astronomical data (../shared/data, or $ASTROVLM_SHARED_DATA)."""
+    path = Path(os.environ.get("ASTROVLM_SHARED_DATA", SHARED / "data"))
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fits_dir(shared_data) -> Path:
+    return shared_data / "fits"
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm_dir(tmp_path_factory) -> Path:
+    """A SmolVLM (Idefics3) with the real tokenizer, processor and template, shrunk, random weights."""
+    from glue_astrovlm.testing import SHARED_SMOLVLM_CONFIG, build_smolvlm
+
+    if not SHARED_SMOLVLM_CONFIG.is_dir():
+        pytest.skip(f"model configuration {SHARED_SMOLVLM_CONFIG} is not available")
+    return build_smolvlm(tmp_path_factory.mktemp("tiny-smolvlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory) -> Path:
+    """A LLaVA-1.5-style model (CLIP + Llama), tiny, random weights."""
+    from glue_astrovlm.testing import SHARED_SMOLVLM_CONFIG, build_llava
+
+    if not SHARED_SMOLVLM_CONFIG.is_dir():
+        pytest.skip(f"model configuration {SHARED_SMOLVLM_CONFIG} is not available")
+    return build_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm(tiny_smolvlm_dir):
+    """The tiny SmolVLM loaded through load_model in float32, as a user would load a saved model."""
+    from glue_astrovlm import load_model
+
+    return load_model(tiny_smolvlm_dir, dtype="float32")

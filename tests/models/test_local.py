@@ -1,0 +1,220 @@
+"""The local transformers backend, on tiny real models built from real configurations."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glue_astrovlm import AstroVLMError, Cutout, LabelSet, OperationCancelled, Provenance, load_model, load_preset
+from glue_astrovlm.models.base import as_model_images
+from glue_astrovlm.models.scoring import score_labels_bruteforce
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(42)
+    base = rng.normal(size=(64, 64))
+    base[28:36, 20:44] += 8  # a bright elongated source, so the images differ visibly
+    return [base, np.rot90(base).copy(), rng.normal(size=(48, 80))]
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tiny_llava_dir):
+    return load_model(tiny_llava_dir, dtype="float32")
+
+
+@pytest.mark.parametrize("which", ["tiny_smolvlm", "tiny_llava"])
+def test_cached_scores_equal_bruteforce(request, which, images):
+    """Probabilities from the prefix-cached path equal one full forward pass per label, to 1e-4."""
+    vlm = request.getfixturevalue(which)
+    labels = load_preset("radio-morphology")
+    results = vlm.classify(images, labels)
+    continuations = vlm.label_continuations(labels)
+    for result, model_image in zip(results, as_model_images(images)):
+        inputs = vlm._encode([model_image], vlm.prompt_text(labels.prompt()))
+        reference = score_labels_bruteforce(vlm.model, inputs, continuations).softmax(-1)[0].numpy()
+        got = np.array([result.probabilities[label] for label in labels.labels])
+        np.testing.assert_allclose(got, reference, atol=1e-4)
+        assert got.sum() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_multi_token_labels_that_share_a_prefix_are_scored_as_whole_answers(tiny_smolvlm):
+    continuations = tiny_smolvlm.label_continuations(LabelSet(("FRI", "FRII")))
+    assert continuations[0] != continuations[1]
+    assert all(len(c) >= 2 for c in continuations)  # label tokens plus the end-of-turn token
+    end_of_turn = tiny_smolvlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    assert all(c[-1] == end_of_turn for c in continuations)
+
+
+def test_permuting_labels_permutes_probabilities(tiny_smolvlm, images):
+    labels = load_preset("radio-morphology")
+    order = [2, 0, 3, 1]
+    first = tiny_smolvlm.classify(images[:2], labels)
+    second = tiny_smolvlm.classify(images[:2], labels.permuted(order))
+    for a, b in zip(first, second):
+        for label in labels.labels:
+            assert a.probabilities[label] == pytest.approx(b.probabilities[label], abs=1e-4)
+        assert list(b.probabilities) == [labels.labels[i] for i in order]
+
+
+def test_batch_size_does_not_change_results(tiny_smolvlm_dir, images):
+    one = load_model(tiny_smolvlm_dir, dtype="float32", batch_size=1).classify(images, ["star", "galaxy", "artefact"])
+    many = load_model(tiny_smolvlm_dir, dtype="float32", batch_size=8).classify(images, ["star", "galaxy", "artefact"])
+    for a, b in zip(one, many):
+        assert a.label == b.label
+        for label in a.probabilities:
+            assert a.probabilities[label] == pytest.approx(b.probabilities[label], abs=1e-5)
+
+
+def test_classify_result_fields(tiny_smolvlm, images):
+    prov = Provenance(source="file.fits", hdu=0, bbox=(0, 64, 0, 64), center_pixel=(31.5, 31.5), source_id="7")
+    cutout = Cutout(images[0], prov)
+    pil = Image.fromarray(np.zeros((40, 40, 3), np.uint8) + 128)
+    results = tiny_smolvlm.classify([cutout, images[1], pil], {"FRI": "edge-darkened", "FRII": "edge-brightened"})
+    assert [r.task for r in results] == ["classify"] * 3
+    assert results[0].provenance is prov
+    assert results[0].stretch == "zscale(contrast=0.25)+linear"
+    assert results[2].stretch == "as given"
+    for result in results:
+        assert result.label in ("FRI", "FRII")
+        assert result.confidence == max(result.probabilities.values())
+        assert result.image_tokens == 64  # one 512-px tile, SmolVLM's pixel shuffle: 64 tokens
+        assert "FRI: edge-darkened" in result.prompt
+        assert len(result.prompt_hash) == 12
+
+
+def test_default_tiling_costs_many_more_tokens(tiny_smolvlm_dir):
+    tiled = load_model(tiny_smolvlm_dir, dtype="float32", tiling="default")
+    tiled.classify(np.random.default_rng(0).normal(size=(256, 256)), ["a", "b"])
+    assert tiled.last_image_tokens > 1000  # 16 tiles + a global view for a 256-px cutout
+    with pytest.raises(AstroVLMError, match="tiling"):
+        load_model(tiny_smolvlm_dir, dtype="float32", tiling="many")
+
+
+def test_ask_and_describe_return_text(tiny_smolvlm, images):
+    answers = tiny_smolvlm.ask(images[:2], "Is there a jet?", max_new_tokens=4)
+    assert len(answers) == 2 and all(isinstance(a.answer, str) for a in answers)
+    assert answers[0].task == "ask" and answers[0].prompt == "Is there a jet?"
+    captions = tiny_smolvlm.describe(images[0], max_new_tokens=4)
+    assert captions[0].task == "describe"
+    with pytest.raises(AstroVLMError, match="question is empty"):
+        tiny_smolvlm.ask(images[0], "  ")
+
+
+def test_bad_images_and_labels(tiny_smolvlm):
+    with pytest.raises(AstroVLMError, match="2-D"):
+        tiny_smolvlm.classify(np.zeros((4, 8, 8)), ["a", "b"])
+    with pytest.raises(AstroVLMError, match="no finite pixels"):
+        tiny_smolvlm.classify(np.full((8, 8), np.nan), ["a", "b"])
+    with pytest.raises(AstroVLMError, match="at least two"):
+        tiny_smolvlm.classify(np.zeros((8, 8)), ["only"])
+    with pytest.raises(AstroVLMError, match="Unknown preset"):
+        tiny_smolvlm.classify(np.zeros((8, 8)), preset="no-such-preset")
+    with pytest.raises(AstroVLMError, match="Cannot send"):
+        tiny_smolvlm.classify(["not an image"], ["a", "b"])
+
+
+def test_progress_and_cancel_keep_finished_results(tiny_smolvlm_dir, images):
+    vlm = load_model(tiny_smolvlm_dir, dtype="float32", batch_size=1)
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append((done, total))
+        cancel.set()  # cancel after the first batch
+
+    with pytest.raises(OperationCancelled) as caught:
+        vlm.classify(images, ["a", "b"], progress=progress, cancel=cancel)
+    assert seen == [(1, 3)]
+    assert len(caught.value.results) == 1 and caught.value.results[0].label in ("a", "b")
+
+
+def _save_lora(model_dir, out_dir, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    base = AutoModelForImageTextToText.from_pretrained(model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def test_adapters_load_switch_and_disable_by_name(tiny_smolvlm_dir, tmp_path, images):
+    first = _save_lora(tiny_smolvlm_dir, tmp_path / "first", 1)
+    second = _save_lora(tiny_smolvlm_dir, tmp_path / "second", 2)
+    labels = ["FRI", "FRII", "Compact", "Bent"]
+    vlm = load_model(tiny_smolvlm_dir, dtype="float32", adapter={"first": first, "second": second})
+    assert vlm.adapters == ["first", "second"] and vlm.adapter == "first"
+    with_first = vlm.classify(images[0], labels)[0]
+    with_second = vlm.classify(images[0], labels, adapter="second")[0]
+    base = vlm.classify(images[0], labels, adapter=None)[0]
+    assert vlm.adapter == "first"  # per-call choice does not stick
+    assert (with_first.adapter, with_second.adapter, base.adapter) == ("first", "second", None)
+    plain = load_model(tiny_smolvlm_dir, dtype="float32").classify(images[0], labels)[0]
+    for label in labels:
+        assert base.probabilities[label] == pytest.approx(plain.probabilities[label], abs=1e-5)
+    assert max(abs(with_first.probabilities[k] - base.probabilities[k]) for k in labels) > 1e-3
+    assert max(abs(with_first.probabilities[k] - with_second.probabilities[k]) for k in labels) > 1e-3
+    vlm.disable_adapter()
+    assert vlm.classify(images[0], labels)[0].probabilities == pytest.approx(base.probabilities, abs=1e-5)
+    with pytest.raises(AstroVLMError, match="No adapter named"):
+        vlm.set_adapter("third")
+
+
+def test_pickled_adapters_are_refused(tiny_smolvlm_dir, tmp_path):
+    adapter = _save_lora(tiny_smolvlm_dir, tmp_path / "pickled", 3)
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    with pytest.raises(AstroVLMError, match="safetensors"):
+        load_model(tiny_smolvlm_dir, dtype="float32", adapter=adapter)
+
+
+def test_unknown_model_offline_says_how_to_point_at_a_local_copy(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(AstroVLMError) as caught:
+        load_model("astro-nobody/not-a-model-anywhere")
+    message = str(caught.value)
+    assert "not in the local Hugging Face cache" in message and "--model /path/to/" in message
+
+
+def test_missing_directory_and_directory_without_config(tmp_path):
+    with pytest.raises(AstroVLMError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    with pytest.raises(AstroVLMError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_remote_code_is_not_run_unless_asked(tiny_smolvlm_dir, tmp_path):
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    config = json.loads((tiny_smolvlm_dir / "config.json").read_text())
+    config.update(model_type="astro_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig"})
+    (custom / "config.json").write_text(json.dumps(config))
+    (custom / "configuration_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(AstroVLMError, match="trust_remote_code"):
+        load_model(custom)
+
+
+def test_cpu_dtype_is_measured():
+    import torch
+
+    from glue_astrovlm.models.devices import pick_device, pick_dtype
+
+    assert pick_device() in ("cuda", "mps", "cpu")
+    assert pick_dtype("cpu", None, 64) in (torch.float32, torch.bfloat16)
+    assert pick_dtype("cpu", "bf16") is torch.bfloat16
+
+
+def test_engine_import_does_not_import_torch_or_gui():
+    code = ("import sys, glue_astrovlm as g\n"
+            "from glue_astrovlm import labelsets, results, stretch, cutout_types, models\n"
+            "g.load_preset('radio-morphology'); g.DEFAULT_MODEL\n"
+            "bad = [m for m in ('torch', 'transformers', 'glue', 'PyQt5', 'PySide6', 'jdaviz') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
