@@ -149,8 +149,8 @@ def results_to_regions(results: Sequence[Result], labels: Sequence[str] | None =
     """A `regions.Regions` with one shape per result, coloured by class and labelled ``'FRII 0.93'``.
 
     The shape is the cutout's source region when there is one, otherwise its bounding box. Each
-    shape's ``meta`` carries ``text``, ``label``, ``confidence`` and ``source_id``; its ``visual``
-    carries the class colour. With ``sky=True`` shapes are written in sky coordinates where the
+    shape's ``meta`` carries ``text`` (``'FRII 0.93'``) and the tags ``astrovlm``,
+    ``source_id=...``, ``label=...`` and ``confidence=...``; its ``visual`` carries the class colour. With ``sky=True`` shapes are written in sky coordinates where the
     cutout knows its position on the sky.
     """
     from regions import PixCoord, RectanglePixelRegion, Regions
@@ -175,10 +175,11 @@ def results_to_regions(results: Sequence[Result], labels: Sequence[str] | None =
             region = region.to_sky(parent_wcs)
         region = region.copy()
         region.meta["text"] = result.short_label()
-        region.meta["label"] = result.label or ""
-        if result.confidence is not None:
-            region.meta["confidence"] = round(float(result.confidence), 4)
-        region.meta["source_id"] = result.source_id
+        # regions accepts only DS9/CRTF meta keys: class, confidence and source id travel as tags
+        tags = ["astrovlm", f"source_id={result.source_id}"]
+        if result.label is not None:
+            tags += [f"label={result.label}", f"confidence={result.confidence:.4f}"]
+        region.meta["tag"] = tags
         region.visual["color"] = colors.get(result.label, "green")
         shapes.append(region)
     if not shapes:
