@@ -15,7 +15,7 @@ import numpy as np
 from .cutout_types import Provenance
 from .errors import AstroVLMError
 
-__all__ = ["Result", "results_to_table", "results_to_regions", "class_colors", "write_table",
+__all__ = ["Result", "results_to_table", "results_to_regions", "pixel_region", "class_colors", "write_table",
            "write_regions", "atomic_write", "probability_column"]
 
 #: Colours per class, in label-set order; colour-blind friendly (Okabe-Ito) then extra.
@@ -73,6 +73,13 @@ class Result:
     stretch: str = ""
     image_tokens: int | None = None
     time: str = field(default_factory=_now)
+
+    def __repr__(self) -> str:
+        where = f" {self.source_id!r}" if self.source_id else ""
+        if self.task == "classify":
+            probs = ", ".join(f"{k}={v:.3f}" for k, v in self.probabilities.items())
+            return f"<Result classify{where}: {self.label} {self.confidence:.3f} ({probs})>"
+        return f"<Result {self.task}{where}: {self.answer!r}>"
 
     @property
     def source_id(self) -> str:
@@ -153,7 +160,7 @@ def results_to_regions(results: Sequence[Result], labels: Sequence[str] | None =
     ``source_id=...``, ``label=...`` and ``confidence=...``; its ``visual`` carries the class colour. With ``sky=True`` shapes are written in sky coordinates where the
     cutout knows its position on the sky.
     """
-    from regions import PixCoord, RectanglePixelRegion, Regions
+    from regions import Regions
 
     if labels is None:
         labels = []
@@ -163,13 +170,9 @@ def results_to_regions(results: Sequence[Result], labels: Sequence[str] | None =
     shapes = []
     for result in results:
         prov = result.provenance
-        if prov is None:
-            continue
-        region = prov.region
+        region = pixel_region(result)
         if region is None:
-            xmin, xmax, ymin, ymax = prov.bbox
-            region = RectanglePixelRegion(PixCoord((xmin + xmax - 1) / 2, (ymin + ymax - 1) / 2),
-                                          width=xmax - xmin, height=ymax - ymin)
+            continue
         parent_wcs = prov.parent_wcs
         if sky and parent_wcs is not None and hasattr(region, "to_sky"):
             region = region.to_sky(parent_wcs)
@@ -185,6 +188,21 @@ def results_to_regions(results: Sequence[Result], labels: Sequence[str] | None =
     if not shapes:
         raise AstroVLMError("No result has a position to write as a region (they came from bare images).")
     return Regions(shapes)
+
+
+def pixel_region(result: Result):
+    """The shape a result belongs to, in its parent image's pixels: the cutout's source region, or its
+    bounding box; `None` for results from bare images."""
+    from regions import PixCoord, RectanglePixelRegion
+
+    prov = result.provenance
+    if prov is None:
+        return None
+    if prov.region is not None:
+        return prov.region
+    xmin, xmax, ymin, ymax = prov.bbox
+    return RectanglePixelRegion(PixCoord((xmin + xmax - 1) / 2, (ymin + ymax - 1) / 2),
+                                width=xmax - xmin, height=ymax - ymin)
 
 
 def atomic_write(path: str | os.PathLike, write, overwrite: bool = False) -> Path:

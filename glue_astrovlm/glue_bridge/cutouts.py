@@ -1,0 +1,171 @@
+"""Cutouts from glue data: a subset, the visible area of a viewer, or each source of a catalogue."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..cutout_types import Cutout
+from ..errors import AstroVLMError
+from ..stretch import DEFAULT_STRETCH, Stretch
+
+__all__ = ["image_source_from_data", "cutout_from_subset", "cutout_from_view", "catalog_table",
+           "cutouts_from_catalog_data", "find_image_data"]
+
+
+def _attribute(data, attribute=None):
+    if attribute is None:
+        if not data.main_components:
+            raise AstroVLMError(f"{data.label} has no data components to send to a model.")
+        return data.main_components[0]
+    if isinstance(attribute, str):
+        try:
+            return data.id[attribute]
+        except Exception:
+            names = ", ".join(c.label for c in data.main_components)
+            raise AstroVLMError(f"{data.label} has no component {attribute!r}; choose one of {names}.") from None
+    return attribute
+
+
+def image_source_from_data(data, attribute=None, *, cube: dict | None = None):
+    """An engine `~glue_astrovlm.ImageSource` from a glue image or cube dataset.
+
+    Parameters
+    ----------
+    data : glue.core.data.Data
+        2-D image or 3-D cube (numpy order: spectral, y, x).
+    attribute : str or ComponentID, optional
+        Which component; defaults to the first main component.
+    cube : dict, optional
+        For cubes: ``dict(mode='slice', index=12)``, ``dict(mode='sum'|'mean'|'moment0',
+        spectral_range=(a, b))``; see `glue_astrovlm.reduce_cube`.
+    """
+    from astropy.wcs import WCS
+
+    from ..cubes import reduce_cube
+    from ..sources import from_array
+
+    if data.ndim not in (2, 3):
+        raise AstroVLMError(f"{data.label} has {data.ndim} dimension(s); the model needs an image or a cube.")
+    component = _attribute(data, attribute)
+    values = np.asarray(data.get_component(component).data, dtype=float)
+    wcs = data.coords if isinstance(data.coords, WCS) else None
+    units = getattr(data.get_component(component), "units", None) or None
+    source = from_array(values, wcs=wcs, label=data.label, unit=units)
+    if data.ndim == 3:
+        if cube is None:
+            raise AstroVLMError(f"{data.label} is a cube: choose a slice, a spectral range sum/mean or moment 0.")
+        source = reduce_cube(source, **cube)
+    elif cube is not None:
+        raise AstroVLMError(f"{data.label} is a 2-D image; cube options do not apply.")
+    return source
+
+
+def find_image_data(subset_or_data):
+    """The glue Data behind a subset (or the data itself)."""
+    return getattr(subset_or_data, "data", subset_or_data)
+
+
+def cutout_from_subset(subset, *, attribute=None, cube: dict | None = None, outside: str = "keep",
+                       padding: float = 0.1, stretch: Stretch = DEFAULT_STRETCH) -> Cutout:
+    """The cutout of a spatial subset: its shape's bounding box, optionally masked or dimmed outside it.
+
+    Subsets that are regions (rectangles, circles, polygons, ...) go through glue-astronomy's
+    translator and `glue_astrovlm.cutouts_from_regions`; any other subset (e.g. a threshold on pixel
+    values) uses its mask.
+    """
+    from ..cutouts import cutouts_from_regions
+    from .regions import subset_to_region
+
+    data = subset.data
+    source = image_source_from_data(data, attribute, cube=cube)
+    mask = subset.to_mask()
+    if mask.ndim == 3:
+        mask = mask.any(axis=0)
+    if not mask.any():
+        raise AstroVLMError(f"Subset {subset.label!r} selects no pixels of {data.label}; draw it on the image.")
+    region = subset_to_region(subset)
+    extra = {"glue_data": data.label, "glue_subset": subset.label}
+    if region is not None and hasattr(region, "to_mask"):
+        cutout = cutouts_from_regions(source, [region], outside=outside, padding=padding, stretch=stretch)[0]
+    else:
+        rows, cols = np.nonzero(mask)
+        from regions import PixCoord, RectanglePixelRegion
+
+        box = RectanglePixelRegion(PixCoord((cols.min() + cols.max()) / 2, (rows.min() + rows.max()) / 2),
+                                   width=cols.max() - cols.min() + 1, height=rows.max() - rows.min() + 1)
+        cutout = cutouts_from_regions(source, [box], outside="keep", padding=padding, stretch=stretch)[0]
+        xmin, xmax, ymin, ymax = cutout.provenance.bbox
+        sub_mask = np.zeros(cutout.shape, bool)
+        ys, xs = slice(max(ymin, 0), min(ymax, mask.shape[0])), slice(max(xmin, 0), min(xmax, mask.shape[1]))
+        sub_mask[ys.start - ymin:ys.stop - ymin, xs.start - xmin:xs.stop - xmin] = mask[ys, xs]
+        from dataclasses import replace
+
+        cutout = replace(cutout, mask=sub_mask, outside=outside)
+    from dataclasses import replace
+
+    provenance = replace(cutout.provenance, source_id=str(subset.label), extra={**cutout.provenance.extra, **extra})
+    return replace(cutout, provenance=provenance)
+
+
+def cutout_from_view(data, x_min: float, x_max: float, y_min: float, y_max: float, *, attribute=None,
+                     cube: dict | None = None, stretch: Stretch = DEFAULT_STRETCH) -> Cutout:
+    """The part of ``data`` visible in an image viewer with the given pixel limits ("current cutout")."""
+    from dataclasses import replace
+
+    from ..cutouts import cutout_at
+
+    source = image_source_from_data(data, attribute, cube=cube)
+    ny, nx = source.image_shape
+    x0, x1 = max(float(x_min), -0.5), min(float(x_max), nx - 0.5)
+    y0, y1 = max(float(y_min), -0.5), min(float(y_max), ny - 0.5)
+    if x1 <= x0 or y1 <= y0:
+        raise AstroVLMError(f"The viewer shows no part of {data.label}; zoom or pan onto the image.")
+    size = (max(1, int(round(y1 - y0))), max(1, int(round(x1 - x0))))
+    cutout = cutout_at(source, ((x0 + x1) / 2, (y0 + y1) / 2), size, stretch=stretch, source_id="view")
+    provenance = replace(cutout.provenance, extra={**cutout.provenance.extra, "glue_data": data.label})
+    return replace(cutout, provenance=provenance)
+
+
+_RA = ("ra", "RA", "RAJ2000", "ra_deg", "RA_deg", "_RAJ2000")
+_DEC = ("dec", "DEC", "Dec", "DEJ2000", "dec_deg", "DEC_deg", "_DEJ2000")
+_X = ("x", "xcentroid", "x_centroid", "X", "x_pix")
+_Y = ("y", "ycentroid", "y_centroid", "Y", "y_pix")
+_ID = ("id", "source_id", "ID", "name", "Name", "label")
+
+
+def catalog_table(catalog):
+    """An astropy Table (with an ``_row`` column of glue row indices) from a glue catalogue dataset."""
+    from astropy.table import Table
+
+    names = {c.label: c for c in catalog.components}
+    wanted = [n for group in (_RA, _DEC, _X, _Y, _ID) for n in group if n in names]
+    has_sky = any(n in names for n in _RA) and any(n in names for n in _DEC)
+    has_pix = any(n in names for n in _X) and any(n in names for n in _Y)
+    if not (has_sky or has_pix):
+        raise AstroVLMError(f"{catalog.label} has no position columns; it needs ra/dec (degrees) or x/y (pixels).")
+    table = Table({name: np.asarray(catalog[names[name]]) for name in dict.fromkeys(wanted)})
+    table["_row"] = np.arange(len(table))
+    if not any(n in names for n in _ID):
+        table["id"] = [str(i) for i in range(len(table))]
+    return table
+
+
+def cutouts_from_catalog_data(image_data, catalog, *, size=64, attribute=None, cube: dict | None = None,
+                              stretch: Stretch = DEFAULT_STRETCH, skip_outside: bool = True) -> list[Cutout]:
+    """One cutout per catalogue source that falls on ``image_data``; each keeps its catalogue row index."""
+    from dataclasses import replace
+
+    from ..cutouts import cutouts_from_catalog
+
+    source = image_source_from_data(image_data, attribute, cube=cube)
+    table = catalog_table(catalog)
+    cutouts = cutouts_from_catalog(source, table, size=size, stretch=stretch, skip_outside=skip_outside)
+    out = []
+    for cutout in cutouts:
+        row = int(table["_row"][cutout.provenance.extra.get("row", 0)])
+        extra = {**cutout.provenance.extra, "glue_data": image_data.label, "glue_catalog": catalog.label,
+                 "catalog_row": row}
+        out.append(replace(cutout, provenance=replace(cutout.provenance, extra=extra)))
+    if not out:
+        raise AstroVLMError(f"No source of {catalog.label} falls on {image_data.label}.")
+    return out

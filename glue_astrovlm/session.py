@@ -1,0 +1,171 @@
+"""`VLMSession`: the one object that every front end (glue-qt, glue-jupyter, jdaviz, scripts) drives.
+
+It owns the model choice, loads the model lazily (in the background when asked), runs tasks with
+progress and cancellation, and keeps the history of results. It imports no GUI toolkit; the glue
+and jdaviz front ends add their own writes around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from .errors import AstroVLMError
+from .results import Result
+
+__all__ = ["VLMSession", "recent_models", "remember_model"]
+
+log = logging.getLogger("glue_astrovlm")
+_RECENT_LIMIT = 8
+
+
+def _config_file() -> Path:
+    base = os.environ.get("ASTROVLM_CONFIG_DIR") or Path(os.environ.get("XDG_CONFIG_HOME",
+                                                                         Path.home() / ".config")) / "glue-astrovlm"
+    return Path(base) / "recent.json"
+
+
+def recent_models() -> list[dict]:
+    """Recently used model choices (``{'model': ..., 'adapter': ...}``), most recent first."""
+    try:
+        entries = json.loads(_config_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [e for e in entries if isinstance(e, dict) and e.get("model")][:_RECENT_LIMIT]
+
+
+def remember_model(model: str, adapter: str | None = None) -> None:
+    """Put a model choice at the top of the recent list (a small JSON file; never an API key)."""
+    from .results import atomic_write
+
+    entry = {"model": str(model), "adapter": str(adapter) if adapter else None}
+    entries = [entry] + [e for e in recent_models() if e != entry]
+    text = json.dumps(entries[:_RECENT_LIMIT], indent=1)
+    try:
+        atomic_write(_config_file(), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
+    except OSError as error:  # a read-only home must not break a run
+        log.warning("Could not remember the model choice: %s", error)
+
+
+class VLMSession:
+    """A model choice plus the results obtained with it.
+
+    Parameters
+    ----------
+    model : str, optional
+        Hub id, local directory or server URL (default: `glue_astrovlm.DEFAULT_MODEL`).
+    adapter : str, optional
+        LoRA adapter directory.
+    **load_options
+        Passed to `glue_astrovlm.load_model` (``device``, ``dtype``, ``batch_size``, ...).
+    """
+
+    def __init__(self, model: str | None = None, adapter: str | None = None, **load_options):
+        from .models.loading import DEFAULT_MODEL
+
+        self._model_spec = str(model or DEFAULT_MODEL)
+        self._adapter = adapter
+        self.load_options = load_options
+        self._vlm = None
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astrovlm")
+        self.cancel_event = threading.Event()
+        self.history: list[Result] = []
+
+    @property
+    def model(self) -> str:
+        """The model spec; setting it drops the loaded model (the next task loads the new one)."""
+        return self._model_spec
+
+    @model.setter
+    def model(self, spec: str) -> None:
+        with self._lock:
+            if str(spec) != self._model_spec:
+                self._model_spec = str(spec)
+                self._drop()
+
+    @property
+    def adapter(self) -> str | None:
+        return self._adapter
+
+    @adapter.setter
+    def adapter(self, path: str | None) -> None:
+        with self._lock:
+            if path != self._adapter:
+                self._adapter = path or None
+                self._drop()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._vlm is not None
+
+    def _drop(self) -> None:
+        if self._vlm is not None:
+            self._vlm.close()
+        self._vlm = None
+
+    def vlm(self):
+        """The loaded `VLM`, loading it now (blocking) if needed."""
+        with self._lock:
+            if self._vlm is None:
+                from .models.loading import load_model
+
+                log.info("Loading model %s", self._model_spec)
+                self._vlm = load_model(self._model_spec, adapter=self._adapter, **self.load_options)
+                remember_model(self._model_spec, self._adapter)
+            return self._vlm
+
+    def load_in_background(self) -> Future:
+        """Start loading the model on the session's worker thread; returns a `Future` of the VLM."""
+        return self._executor.submit(self.vlm)
+
+    def run(self, task: str, cutouts, *, labels=None, preset: str | None = None, question: str | None = None,
+            progress: Callable[[int, int], None] | None = None, max_new_tokens: int = 128) -> list[Result]:
+        """Run ``'classify'``, ``'ask'`` or ``'describe'`` on cutouts (blocking) and record the results.
+
+        Cancellation: `cancel` (from any thread) stops between batches and raises
+        `~glue_astrovlm.OperationCancelled` with the finished results, which are recorded too.
+        """
+        from .models.base import OperationCancelled
+
+        self.cancel_event.clear()
+        vlm = self.vlm()
+        try:
+            if task == "classify":
+                results = vlm.classify(cutouts, labels, preset=preset, question=question, progress=progress,
+                                       cancel=self.cancel_event)
+            elif task == "ask":
+                results = vlm.ask(cutouts, question or "", max_new_tokens=max_new_tokens, progress=progress,
+                                  cancel=self.cancel_event)
+            elif task == "describe":
+                results = vlm.describe(cutouts, max_new_tokens=max_new_tokens, progress=progress,
+                                       cancel=self.cancel_event)
+            else:
+                raise AstroVLMError(f"Unknown task {task!r}; use classify, ask or describe.")
+        except OperationCancelled as cancelled:
+            self.history.extend(cancelled.results)
+            raise
+        self.history.extend(results)
+        return results
+
+    def submit(self, task: str, cutouts, **options) -> Future:
+        """`run` on the session's worker thread; the GUI stays responsive. Returns a `Future`."""
+        return self._executor.submit(self.run, task, cutouts, **options)
+
+    def cancel(self) -> None:
+        """Ask the running task to stop after its current batch."""
+        self.cancel_event.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.is_loaded else "not loaded"
+        return f"<VLMSession model={self._model_spec!r} adapter={self._adapter!r} ({state})>"

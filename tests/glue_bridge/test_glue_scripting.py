@@ -1,0 +1,138 @@
+"""The glue bridge and the scripting object on a real glue DataCollection with real FITS data."""
+
+import operator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("glue")
+pytest.importorskip("glue_astronomy")
+
+from glue.core import Data, DataCollection  # noqa: E402
+from glue.core.data_factories import load_data  # noqa: E402
+from glue.core.roi import CircularROI, RectangularROI  # noqa: E402
+from glue.core.subset import InequalitySubsetState, RoiSubsetState  # noqa: E402
+
+from glue_astrovlm import AstroVLMError  # noqa: E402
+from glue_astrovlm.glue_bridge import writeback  # noqa: E402
+from glue_astrovlm.glue_bridge.regions import region_to_roi, subset_to_region  # noqa: E402
+from glue_astrovlm.glue_bridge.scripting import GlueVLM  # noqa: E402
+from glue_astrovlm.session import VLMSession  # noqa: E402
+
+LABELS = ["star", "galaxy", "nebula"]
+
+
+@pytest.fixture()
+def horsehead(fits_dir):
+    loaded = load_data(str(fits_dir / "HorseHead.fits"))
+    image = loaded[0] if isinstance(loaded, list) else loaded
+    dc = DataCollection([image])
+    return dc, image
+
+
+@pytest.fixture()
+def vlm(horsehead, tiny_smolvlm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTROVLM_CONFIG_DIR", str(tmp_path / "config"))
+    dc, _ = horsehead
+    return GlueVLM(dc, VLMSession(str(tiny_smolvlm_dir), dtype="float32"))
+
+
+def _box(dc, image, label="my box", roi=None):
+    x, y = image.pixel_component_ids[1], image.pixel_component_ids[0]
+    return dc.new_subset_group(label, RoiSubsetState(x, y, roi or RectangularROI(100, 200, 300, 380)))
+
+
+def test_classify_subset_labels_it_and_stores_results(horsehead, vlm):
+    dc, image = horsehead
+    group = _box(dc, image)
+    result = vlm.classify("my box", labels=LABELS)
+    assert result.label in LABELS and sum(result.probabilities.values()) == pytest.approx(1)
+    assert group.label == f"my box [AstroVLM: {result.label} {result.confidence:.2f}]"
+    assert result.provenance.bbox[0] <= 100 and result.provenance.bbox[1] >= 200
+    assert result.provenance.extra["glue_subset"] == "my box"
+    table = writeback.results_data_table(dc[writeback.RESULTS_LABEL])
+    assert list(table["label"]) == [result.label] and table["p_star"][0] == pytest.approx(result.probabilities["star"])
+    # Re-classifying keeps the original name underneath; clearing restores it and keeps the shape.
+    vlm.classify(group, labels=["a", "b"])
+    assert group.label.startswith("my box [AstroVLM: ") and group.label.count("AstroVLM") == 1
+    vlm.clear()
+    assert group.label == "my box" and group in dc.subset_groups
+    assert writeback.RESULTS_LABEL not in [d.label for d in dc]
+
+
+def test_ask_about_a_circle_and_a_value_threshold(horsehead, vlm):
+    dc, image = horsehead
+    _box(dc, image, "circle", CircularROI(400, 400, 30))
+    answer = vlm.ask("What is this?", subset="circle", max_new_tokens=3)
+    assert answer.task == "ask" and isinstance(answer.answer, str)
+    bright = dc.new_subset_group("bright", InequalitySubsetState(image.main_components[0], 15000, operator.gt))
+    cutout = vlm.cutout(bright)
+    assert cutout.mask is not None and cutout.mask.any()
+
+
+def test_tag_catalogue_writes_class_subsets_and_components(horsehead, vlm):
+    dc, image = horsehead
+    user = _box(dc, image, "user box")
+    positions = image.coords.pixel_to_world([150, 420, 600, 700], [200, 450, 300, 650])
+    catalog = Data(label="sources", ra=positions.ra.deg, dec=positions.dec.deg, name=np.array(["a", "b", "c", "d"]))
+    dc.append(catalog)
+    results = vlm.tag(image, catalog=catalog, labels=LABELS, size=48)
+    assert len(results) == 4
+    groups = writeback.plugin_subset_groups(dc)
+    assert {g.label for g in groups} == {"AstroVLM: " + r.label for r in results}
+    assert all(g.style.color.startswith("#") for g in groups)
+    assert list(catalog["vlm_label"]) == [r.label for r in results]
+    np.testing.assert_allclose(catalog["vlm_p_star"] + catalog["vlm_p_galaxy"] + catalog["vlm_p_nebula"], 1.0)
+    # The class subsets select the sources' pixels on the image.
+    first = next(g for g in groups if g.label == "AstroVLM: " + results[0].label)
+    mask = next(s for s in first.subsets if s.data is image).to_mask()
+    assert mask[200, 150]
+    # Re-running replaces only the plugin's groups; the user's subset is untouched.
+    vlm.tag(image, catalog=catalog, labels=["a", "b"], size=48)
+    assert user in dc.subset_groups and user.label == "user box"
+    assert {g.label for g in writeback.plugin_subset_groups(dc)} <= {"AstroVLM: a", "AstroVLM: b"}
+    assert "vlm_p_a" in [c.label for c in catalog.components]
+
+
+def test_view_cutout_and_errors(horsehead, vlm, fits_dir):
+    dc, image = horsehead
+    cutout = vlm.cutout(data=image, view=None) if False else None  # noqa: F841 (view needs a viewer; see Qt tests)
+    empty = _box(dc, image, "empty", RectangularROI(2000, 2100, 2000, 2100))
+    with pytest.raises(AstroVLMError, match="selects no pixels"):
+        vlm.classify(empty, labels=LABELS)
+    with pytest.raises(AstroVLMError, match="No subset named"):
+        vlm.classify("nothing", labels=LABELS)
+    with pytest.raises(AstroVLMError, match="catalog"):
+        vlm.tag(image, labels=LABELS)
+    vlm.model = "astro-nobody/not-a-model"
+    _box(dc, image)
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        with pytest.raises(AstroVLMError, match="not in the local Hugging Face cache"):
+            vlm.classify("my box", labels=LABELS)
+    finally:
+        del os.environ["HF_HUB_OFFLINE"]
+    assert vlm.results == []  # nothing half-written
+
+
+def test_region_round_trip():
+    from regions import CirclePixelRegion, PixCoord, RectanglePixelRegion
+
+    data = Data(label="img", x=np.zeros((50, 60)))
+    dc = DataCollection([data])
+    for region in (CirclePixelRegion(PixCoord(20, 25), 6), RectanglePixelRegion(PixCoord(30, 20), 10, 8)):
+        roi = region_to_roi(region)
+        group = dc.new_subset_group("r", RoiSubsetState(data.pixel_component_ids[1], data.pixel_component_ids[0], roi))
+        back = subset_to_region(group.subsets[0])
+        assert back.center.x == pytest.approx(region.center.x) and back.center.y == pytest.approx(region.center.y)
+        np.testing.assert_array_equal(group.subsets[0].to_mask(), region.to_mask(mode="center").to_image((50, 60)) > 0)
+
+
+def test_detect_creates_a_catalogue(horsehead, vlm):
+    dc, image = horsehead
+    results = vlm.tag(image, detect=True, nsigma=20, max_sources=5, labels=LABELS, size=32)
+    assert 1 <= len(results) <= 5
+    catalog = next(d for d in dc if d.label.endswith("sources (AstroVLM)"))
+    assert "vlm_label" in [c.label for c in catalog.components]
