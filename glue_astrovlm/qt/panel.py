@@ -1,0 +1,524 @@
+"""The AstroVLM dock panel for glue-qt.
+
+Everything it computes goes through the shared `GlueVLM` object (the terminal's ``vlm``): the panel
+only gathers choices, shows the thumbnail of exactly what the model will see, runs the task on the
+session's worker thread (model loading included) and writes results back on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+                            QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
+                            QTableWidgetItem, QTabWidget, QTextBrowser, QVBoxLayout, QWidget)
+
+from ..errors import AstroVLMError
+from ..glue_bridge import writeback
+from ..labelsets import list_presets, resolve_labels
+from ..models.base import OperationCancelled
+from ..session import recent_models
+from ..stretch import Stretch
+
+__all__ = ["AstroVLMPanel"]
+
+log = logging.getLogger("glue_astrovlm")
+
+SOURCES = ("Current view", "Subset", "Catalogue sources", "Detected sources")
+TASKS = ("ask", "classify", "tag")
+CUSTOM = "Custom labels"
+
+
+class _Signals(QObject):
+    progress = Signal(int, int)
+    done = Signal(object)
+    failed = Signal(object)
+    loaded = Signal(object)
+
+
+def _pixmap(image, size: int = 160) -> QPixmap:
+    image = image.convert("RGB")
+    data = image.tobytes()
+    qimage = QImage(data, image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888).copy()
+    return QPixmap.fromImage(qimage).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
+                                            Qt.TransformationMode.SmoothTransformation)
+
+
+class AstroVLMPanel(QWidget):
+    """Ask, classify and tag from glue.
+
+    Parameters
+    ----------
+    vlm : GlueVLM
+        The scripting object it shares with glue's terminal.
+    application : GlueApplication, optional
+        For "Current view" (the active image viewer) and selecting sources in viewers.
+    """
+
+    def __init__(self, vlm, application=None, parent=None):
+        super().__init__(parent)
+        self.vlm = vlm
+        self.application = application
+        self.dock = None
+        self._running = None  # (task, context) of the run in flight
+        self._last_results = []
+        self.signals = _Signals()
+        self.signals.progress.connect(self._on_progress)
+        self.signals.done.connect(self._on_done)
+        self.signals.failed.connect(self._on_failed)
+        self.signals.loaded.connect(self._on_loaded)
+        self._build()
+        self.refresh()
+
+    # ----------------------------------------------------------------------------------- layout
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+
+        model_box = QGroupBox("Model")
+        form = QFormLayout(model_box)
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)
+        self.model_combo.setToolTip("Hub id, local folder, or server URL such as http://127.0.0.1:8000/v1")
+        self.adapter_edit = QLineEdit()
+        self.adapter_edit.setPlaceholderText("optional LoRA adapter folder")
+        self.load_button = QPushButton("Load")
+        self.load_button.clicked.connect(self.load_model)
+        self.model_status = QLabel("not loaded")
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.load_button)
+        form.addRow("Model", row)
+        form.addRow("Adapter", self.adapter_edit)
+        form.addRow("", self.model_status)
+        layout.addWidget(model_box)
+
+        send_box = QGroupBox("What to send")
+        form = QFormLayout(send_box)
+        self.data_combo = QComboBox()
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(SOURCES)
+        self.subset_combo = QComboBox()
+        self.catalog_combo = QComboBox()
+        self.size_spin = QSpinBox()
+        self.size_spin.setRange(8, 2048)
+        self.size_spin.setValue(64)
+        self.size_spin.setSuffix(" px")
+        self.cube_mode = QComboBox()
+        self.cube_mode.addItems(["slice", "sum", "mean", "moment0"])
+        self.cube_index = QSpinBox()
+        self.cube_start = QSpinBox()
+        self.cube_stop = QSpinBox()
+        cube_row = QHBoxLayout()
+        for widget in (self.cube_mode, self.cube_index, self.cube_start, self.cube_stop):
+            cube_row.addWidget(widget)
+        self.interval_combo = QComboBox()
+        self.interval_combo.addItems(["zscale", "percentile", "minmax"])
+        self.stretch_combo = QComboBox()
+        self.stretch_combo.addItems(["linear", "sqrt", "log", "asinh"])
+        self.outside_combo = QComboBox()
+        self.outside_combo.addItems(["keep", "mask", "dim"])
+        stretch_row = QHBoxLayout()
+        for widget in (self.interval_combo, self.stretch_combo, self.outside_combo):
+            stretch_row.addWidget(widget)
+        self.thumbnail = QLabel("no cutout")
+        self.thumbnail.setFixedSize(164, 164)
+        self.thumbnail.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.thumbnail.setToolTip("Exactly the image the model will see")
+        form.addRow("Data", self.data_combo)
+        form.addRow("Send", self.source_combo)
+        form.addRow("Subset", self.subset_combo)
+        form.addRow("Catalogue", self.catalog_combo)
+        form.addRow("Source size", self.size_spin)
+        form.addRow("Cube", cube_row)
+        form.addRow("Stretch", stretch_row)
+        form.addRow("Model sees", self.thumbnail)
+        layout.addWidget(send_box)
+        for combo in (self.data_combo, self.source_combo, self.subset_combo, self.cube_mode, self.interval_combo,
+                      self.stretch_combo, self.outside_combo):
+            combo.currentIndexChanged.connect(self.update_thumbnail)
+        for spin in (self.cube_index, self.cube_start, self.cube_stop):
+            spin.valueChanged.connect(self.update_thumbnail)
+
+        self.tabs = QTabWidget()
+        ask = QWidget()
+        ask_layout = QVBoxLayout(ask)
+        self.question_edit = QLineEdit()
+        self.question_edit.setPlaceholderText("e.g. Is there a jet?")
+        self.question_edit.returnPressed.connect(self.run)
+        self.history = QTextBrowser()
+        ask_layout.addWidget(self.question_edit)
+        ask_layout.addWidget(self.history)
+        self.tabs.addTab(ask, "Ask")
+
+        classify = QWidget()
+        classify_layout = QFormLayout(classify)
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems([p.name for p in list_presets()] + [CUSTOM])
+        self.labels_edit = QLineEdit()
+        self.labels_edit.setPlaceholderText("custom labels, comma-separated: star, galaxy, artefact")
+        self.prob_table = QTableWidget(0, 2)
+        self.prob_table.setHorizontalHeaderLabels(["label", "probability"])
+        self.prob_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        classify_layout.addRow("Label set", self.preset_combo)
+        classify_layout.addRow("Labels", self.labels_edit)
+        classify_layout.addRow(self.prob_table)
+        self.tabs.addTab(classify, "Classify")
+
+        tag = QWidget()
+        tag_layout = QVBoxLayout(tag)
+        self.tag_table = QTableWidget(0, 3)
+        self.tag_table.setHorizontalHeaderLabels(["source", "label", "confidence"])
+        self.tag_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.tag_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.tag_table.cellClicked.connect(self.select_source)
+        tag_layout.addWidget(QLabel("Tags each source with the Classify tab's label set."))
+        tag_layout.addWidget(self.tag_table)
+        self.tabs.addTab(tag, "Tag sources")
+        layout.addWidget(self.tabs, 1)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button = QPushButton("Export…")
+        self.export_button.clicked.connect(lambda: self.export())
+        self.clear_button = QPushButton("Clear results")
+        self.clear_button.clicked.connect(self.clear_results)
+        for button in (self.run_button, self.cancel_button, self.export_button, self.clear_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        layout.addWidget(self.progress)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        layout.addWidget(self.message)
+
+    # ----------------------------------------------------------------------------------- state
+    def refresh(self) -> None:
+        """Re-read datasets, subsets and recent models from glue."""
+        dc = self.vlm.data_collection
+        current_model = self.model_combo.currentText() or self.vlm.model
+        models = [self.vlm.model] + [e["model"] for e in recent_models()]
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItems(list(dict.fromkeys(models)))
+        self.model_combo.setCurrentText(current_model)
+        self.model_combo.blockSignals(False)
+        images = [d.label for d in dc if d.ndim in (2, 3) and d.label != writeback.RESULTS_LABEL]
+        catalogs = [d.label for d in dc if d.ndim == 1 and d.label != writeback.RESULTS_LABEL]
+        subsets = [writeback.original_label(g.label) for g in dc.subset_groups
+                   if not g.label.startswith(writeback.CLASS_PREFIX)]
+        for combo, items in ((self.data_combo, images), (self.catalog_combo, catalogs), (self.subset_combo, subsets)):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(items)
+            if current in items:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+        data = self._data()
+        is_cube = data is not None and data.ndim == 3
+        for widget in (self.cube_mode, self.cube_index, self.cube_start, self.cube_stop):
+            widget.setEnabled(is_cube)
+        if is_cube:
+            for spin in (self.cube_index, self.cube_start, self.cube_stop):
+                spin.setRange(0, data.shape[0] - 1 if spin is not self.cube_stop else data.shape[0])
+        self.update_thumbnail()
+
+    def _data(self):
+        label = self.data_combo.currentText()
+        return next((d for d in self.vlm.data_collection if d.label == label), None)
+
+    def _cube(self):
+        data = self._data()
+        if data is None or data.ndim != 3:
+            return None
+        mode = self.cube_mode.currentText()
+        if mode == "slice":
+            return {"mode": "slice", "index": self.cube_index.value()}
+        return {"mode": mode, "spectral_range": (self.cube_start.value(), self.cube_stop.value())}
+
+    def _stretch(self) -> Stretch:
+        return Stretch(interval=self.interval_combo.currentText(), stretch=self.stretch_combo.currentText())
+
+    def select_subset(self, subset) -> None:
+        """Point the panel at a subset (a Subset or SubsetGroup), e.g. from a right-click action."""
+        self.refresh()
+        group = getattr(subset, "group", None) or subset
+        self.source_combo.setCurrentText("Subset")
+        self.subset_combo.setCurrentText(writeback.original_label(group.label))
+        data = getattr(subset, "data", None)
+        if data is not None and data.ndim in (2, 3):
+            self.data_combo.setCurrentText(data.label)
+        self.update_thumbnail()
+
+    def set_task(self, task: str) -> None:
+        self.tabs.setCurrentIndex(TASKS.index(task))
+
+    def focus_question(self) -> None:
+        self.question_edit.setFocus()
+
+    @property
+    def task(self) -> str:
+        return TASKS[self.tabs.currentIndex()]
+
+    def _image_viewer(self):
+        if self.application is None:
+            return None
+        from glue_qt.viewers.image import ImageViewer
+
+        data = self._data()
+        for tab in self.application.viewers:
+            for viewer in tab:
+                if isinstance(viewer, ImageViewer) and (data is None or viewer.state.reference_data is data):
+                    return viewer
+        return None
+
+    def _apply_choices(self) -> None:
+        self.vlm.stretch = self._stretch()
+        self.vlm.outside = self.outside_combo.currentText()
+
+    def preview_cutout(self):
+        """The cutout the model would see for the current choices (the first one when tagging)."""
+        self._apply_choices()
+        source = self.source_combo.currentText()
+        data = self._data()
+        if data is None:
+            raise AstroVLMError("Load an image or cube into glue first.")
+        if source == "Subset":
+            if not self.subset_combo.currentText():
+                raise AstroVLMError("There is no subset: draw one on the image first.")
+            return self.vlm.cutout(self.subset_combo.currentText(), data=data, cube=self._cube())
+        if source == "Current view":
+            viewer = self._image_viewer()
+            if viewer is None:
+                raise AstroVLMError(f"Open {data.label} in an image viewer to send the current view.")
+            return self.vlm.cutout(data=data, view=viewer, cube=self._cube())
+        if source == "Catalogue sources":
+            from ..glue_bridge.cutouts import cutouts_from_catalog_data
+
+            catalog = self.vlm._data(self.catalog_combo.currentText()) if self.catalog_combo.currentText() else None
+            if catalog is None:
+                raise AstroVLMError("Load a catalogue (a table with ra/dec or x/y columns) into glue first.")
+            return cutouts_from_catalog_data(data, catalog, size=self.size_spin.value(), cube=self._cube(),
+                                             stretch=self.vlm.stretch)[0]
+        return None  # detected sources: known after detection
+
+    def update_thumbnail(self, *_):
+        try:
+            cutout = self.preview_cutout()
+        except AstroVLMError as error:
+            self.thumbnail.setText("no cutout")
+            self.thumbnail.setToolTip(str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - a preview must never break the panel
+            log.debug("thumbnail failed: %s", error)
+            self.thumbnail.setText("no cutout")
+            return
+        if cutout is None:
+            self.thumbnail.setText("sources are\ndetected at run")
+            return
+        self.thumbnail.setPixmap(_pixmap(cutout.to_image()))
+        self.thumbnail.setToolTip(f"{cutout.shape[1]}x{cutout.shape[0]} px, {cutout.stretch.describe()}")
+
+    # ----------------------------------------------------------------------------------- running
+    def _sync_model(self) -> None:
+        self.vlm.model = self.model_combo.currentText().strip() or self.vlm.model
+        self.vlm.adapter = self.adapter_edit.text().strip() or None
+
+    def _labels(self):
+        if self.preset_combo.currentText() == CUSTOM:
+            labels = [part.strip() for part in self.labels_edit.text().split(",") if part.strip()]
+            return resolve_labels(labels)
+        return resolve_labels(preset=self.preset_combo.currentText())
+
+    def load_model(self) -> None:
+        """Load the chosen model on the worker thread; the window stays responsive."""
+        self._sync_model()
+        self._busy(True, f"Loading {self.vlm.model}…")
+        future = self.vlm.session.load_in_background()
+        future.add_done_callback(lambda f: self.signals.loaded.emit(f))
+
+    def _on_loaded(self, future) -> None:
+        self._busy(False)
+        error = future.exception()
+        if error is not None:
+            self._show_error(error)
+            self.model_status.setText("not loaded")
+        else:
+            vlm = future.result()
+            self.model_status.setText(f"{vlm!r} on {getattr(vlm, 'device', 'server')}")
+            self.message.setText("Model loaded.")
+
+    def run(self) -> None:
+        """Start the selected task in the background (progress below; Cancel stops after the current batch)."""
+        if self._running is not None:
+            return
+        try:
+            self._sync_model()
+            task, context = self._prepare()
+        except AstroVLMError as error:
+            self._show_error(error)
+            return
+        self._running = (task, context)
+        self._busy(True, f"Running {task}…")
+        self.progress.setRange(0, len(context["cutouts"]))
+        self.progress.setValue(0)
+        session_task = "ask" if task == "ask" else "classify"
+        options = {"question": context.get("question")} if task == "ask" else {"labels": context.get("labels")}
+        future = self.vlm.session.submit(session_task, context["cutouts"],
+                                         progress=lambda done, total: self.signals.progress.emit(done, total),
+                                         **options)
+        future.add_done_callback(self._finished)
+
+    def _prepare(self):
+        task = self.task
+        data = self._data()
+        if data is None:
+            raise AstroVLMError("Load an image or cube into glue first.")
+        self._apply_choices()
+        if task == "tag":
+            labels = self._labels()
+            source = self.source_combo.currentText()
+            if source == "Detected sources":
+                catalog = self.vlm._detect(data, None, self._cube(), 5.0, 200)
+            else:
+                if not self.catalog_combo.currentText():
+                    raise AstroVLMError("Choose a catalogue dataset, or 'Detected sources'.")
+                catalog = self.vlm._data(self.catalog_combo.currentText())
+            from ..glue_bridge.cutouts import cutouts_from_catalog_data
+
+            cutouts = cutouts_from_catalog_data(data, catalog, size=self.size_spin.value(), cube=self._cube(),
+                                                stretch=self.vlm.stretch)
+            return task, {"cutouts": cutouts, "labels": labels, "image": data, "catalog": catalog}
+        cutout = self.preview_cutout()
+        if cutout is None:
+            raise AstroVLMError("Choose a subset or the current view for this task.")
+        if task == "ask":
+            question = self.question_edit.text().strip()
+            if not question:
+                raise AstroVLMError("Type a question first.")
+            return task, {"cutouts": [cutout], "question": question}
+        return task, {"cutouts": [cutout], "labels": self._labels(), "image": data,
+                      "subset": self.subset_combo.currentText() if self.source_combo.currentText() == "Subset"
+                      else None}
+
+    def _finished(self, future) -> None:  # worker thread: hand over to the GUI thread
+        error = future.exception()
+        if error is None:
+            self.signals.done.emit(future.result())
+        else:
+            self.signals.failed.emit(error)
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _on_done(self, results) -> None:
+        task, context = self._running
+        self._running = None
+        self._busy(False, f"{len(results)} result(s).")
+        self._write_back(task, context, results)
+
+    def _on_failed(self, error) -> None:
+        task, context = self._running or (None, None)
+        self._running = None
+        self._busy(False)
+        if isinstance(error, OperationCancelled):
+            if error.results and task is not None:
+                self._write_back(task, context, error.results)
+        self._show_error(error)
+
+    def _write_back(self, task, context, results) -> None:
+        self._last_results = list(results)
+        dc = self.vlm.data_collection
+        if task == "tag":
+            self.vlm.write_tags(context["image"], context["catalog"], results, context["labels"].labels)
+            self._fill_tag_table(results)
+        elif task == "classify":
+            result = results[0]
+            if context.get("subset"):
+                group = self.vlm._group(self.vlm._subset(context["subset"], context.get("image")))
+                writeback.label_subset_group(group, result)
+            writeback.store_results(dc, results)
+            self._fill_probabilities(result)
+        else:
+            writeback.store_results(dc, results)
+            for result in results:
+                self.history.append(f"<b>Q:</b> {result.prompt}<br><b>A:</b> {result.answer}<br>")
+        self.refresh()
+
+    def _fill_probabilities(self, result) -> None:
+        items = sorted(result.probabilities.items(), key=lambda kv: -kv[1])
+        self.prob_table.setRowCount(len(items))
+        for row, (label, p) in enumerate(items):
+            self.prob_table.setItem(row, 0, QTableWidgetItem(label))
+            self.prob_table.setItem(row, 1, QTableWidgetItem(f"{p:.3f}"))
+
+    def _fill_tag_table(self, results) -> None:
+        self.tag_table.setRowCount(len(results))
+        for row, result in enumerate(results):
+            for col, text in enumerate((result.source_id, result.label or "", f"{result.confidence:.3f}")):
+                self.tag_table.setItem(row, col, QTableWidgetItem(text))
+
+    def select_source(self, row: int, _column: int = 0) -> None:
+        """Centre the image viewer on a tagged source (clicking a row of the results table)."""
+        if not 0 <= row < len(self._last_results):
+            return
+        viewer = self._image_viewer()
+        xmin, xmax, ymin, ymax = self._last_results[row].provenance.bbox
+        if viewer is None:
+            return
+        pad = max(xmax - xmin, ymax - ymin)
+        viewer.state.x_min, viewer.state.x_max = xmin - pad, xmax + pad
+        viewer.state.y_min, viewer.state.y_max = ymin - pad, ymax + pad
+
+    def cancel(self) -> None:
+        """Stop the running task after its current batch; finished results are kept and written."""
+        self.vlm.session.cancel()
+        self.message.setText("Cancelling after the current batch…")
+
+    def export(self, prefix: str | None = None) -> None:
+        """Write all results as an ECSV table and a region file (asks for a name without ``prefix``)."""
+        if prefix is None:
+            prefix, _ = QFileDialog.getSaveFileName(self, "Export AstroVLM results (prefix)", "astrovlm_results")
+            if not prefix:
+                return
+        try:
+            written = self.vlm.export(prefix)
+        except AstroVLMError as error:
+            self._show_error(error)
+            return
+        self.message.setText("Wrote " + ", ".join(str(p) for p in written))
+
+    def clear_results(self) -> None:
+        self.vlm.clear()
+        self.prob_table.setRowCount(0)
+        self.tag_table.setRowCount(0)
+        self.refresh()
+        self.message.setText("Removed the plugin's results; your subsets are unchanged.")
+
+    def _busy(self, busy: bool, text: str | None = None) -> None:
+        self.run_button.setEnabled(not busy)
+        self.load_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.progress.setRange(0, 0)  # indeterminate until the first batch reports
+        else:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1)
+        self.message.setStyleSheet("")
+        if text is not None:
+            self.message.setText(text)
+
+    def _show_error(self, error) -> None:
+        self.message.setStyleSheet("color: #b00020;")
+        self.message.setText(str(error) if isinstance(error, AstroVLMError) else f"{type(error).__name__}: {error}")
+        if not isinstance(error, AstroVLMError):
+            log.error("AstroVLM task failed", exc_info=error)

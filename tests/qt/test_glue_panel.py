@@ -1,0 +1,180 @@
+"""The AstroVLM panel in a real offscreen GlueApplication, with real FITS and a tiny real model."""
+
+import time
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from glue.core import Data
+from glue.core.roi import RectangularROI
+from glue.core.subset import RoiSubsetState
+
+from glue_astrovlm.glue_bridge import writeback
+from glue_astrovlm.qt import open_panel, vlm_for
+
+
+def _load(app, path):
+    loaded = app.load_data(str(path))
+    return loaded[0] if isinstance(loaded, list) else loaded
+
+
+def _box(app, image, label="my box", roi=None):
+    x, y = image.pixel_component_ids[1], image.pixel_component_ids[0]
+    return app.data_collection.new_subset_group(label, RoiSubsetState(x, y, roi or RectangularROI(380, 520, 280, 420)))
+
+
+def _panel(app, model_dir, labels="star, galaxy, nebula"):
+    panel = open_panel(app)
+    panel.model_combo.setCurrentText(str(model_dir))
+    panel.vlm.session.load_options = {"dtype": "float32", "batch_size": 1}
+    panel.preset_combo.setCurrentText("Custom labels")
+    panel.labels_edit.setText(labels)
+    return panel
+
+
+def _wait(qtbot, panel, timeout=60000):
+    qtbot.waitUntil(lambda: panel._running is None and panel.run_button.isEnabled(), timeout=timeout)
+
+
+def test_plugin_registers_menu_and_subset_actions():
+    from glue_qt.config import layer_action, menubar_plugin
+
+    from glue_astrovlm.glue_plugin import setup
+
+    setup()
+    assert "AstroVLM" in [label for label, _ in menubar_plugin]
+    labels = [item.label for item in layer_action]
+    assert "Classify with AstroVLM" in labels and "Ask AstroVLM about this subset" in labels
+
+
+def test_panel_classifies_a_subset_end_to_end(qtbot, glue_app, fits_dir, tiny_smolvlm_dir):
+    image = _load(glue_app, fits_dir / "HorseHead.fits")
+    group = _box(glue_app, image)
+    panel = _panel(glue_app, tiny_smolvlm_dir)
+    panel.select_subset(group)
+    assert panel.thumbnail.pixmap() is not None and not panel.thumbnail.pixmap().isNull()
+    panel.set_task("classify")
+    panel.run()
+    _wait(qtbot, panel)
+    result = vlm_for(glue_app).results[-1]
+    assert group.label == f"my box [AstroVLM: {result.label} {result.confidence:.2f}]"
+    assert panel.prob_table.rowCount() == 3
+    assert float(panel.prob_table.item(0, 1).text()) == pytest.approx(result.confidence, abs=1e-3)
+    results = glue_app.data_collection[writeback.RESULTS_LABEL]
+    assert list(results["label"]) == [result.label]
+
+
+def test_terminal_object_is_the_panels(qtbot, glue_app, fits_dir, tiny_smolvlm_dir):
+    image = _load(glue_app, fits_dir / "HorseHead.fits")
+    _box(glue_app, image)
+    panel = _panel(glue_app, tiny_smolvlm_dir)
+    vlm = vlm_for(glue_app)
+    assert vlm is panel.vlm
+    vlm.model = str(tiny_smolvlm_dir)
+    result = vlm.classify("my box", labels=["FRI", "FRII"])
+    assert "[AstroVLM: " in glue_app.data_collection.subset_groups[0].label and result.label in ("FRI", "FRII")
+    if glue_app.has_terminal(create_if_not=False):
+        assert glue_app._terminal.widget().namespace.get("vlm") is vlm
+
+
+def test_tag_session_round_trip_and_gui_stays_responsive(qtbot, glue_app, fits_dir, tiny_smolvlm_dir, tmp_path):
+    from glue_qt.app import GlueApplication
+
+    image = _load(glue_app, fits_dir / "HorseHead.fits")
+    user = _box(glue_app, image, "user box")
+    xs, ys = [150, 420, 600, 700, 300, 500], [200, 450, 300, 650, 700, 150]
+    sky = image.coords.pixel_to_world(xs, ys)
+    catalog = Data(label="sources", ra=sky.ra.deg, dec=sky.dec.deg)
+    glue_app.data_collection.append(catalog)
+    panel = _panel(glue_app, tiny_smolvlm_dir)
+    panel.refresh()
+    panel.data_combo.setCurrentText(image.label)
+    panel.source_combo.setCurrentText("Catalogue sources")
+    panel.catalog_combo.setCurrentText("sources")
+    panel.size_spin.setValue(48)
+    panel.set_task("tag")
+
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(10)
+    panel.run()  # includes loading the model on the worker thread
+    _wait(qtbot, panel)
+    timer.stop()
+    assert len(gaps) > 5 and max(gaps) < 0.1, f"event loop blocked for {max(gaps) * 1000:.0f} ms"
+
+    assert panel.tag_table.rowCount() == 6
+    tagged = list(catalog["vlm_label"])
+    assert all(label in ("star", "galaxy", "nebula") for label in tagged)
+    panel.select_source(0)  # no viewer open: must not fail
+    session_file = tmp_path / "tagged.glu"
+    glue_app.save_session(str(session_file))
+
+    restored = GlueApplication.restore_session(str(session_file))
+    try:
+        dc = restored.data_collection
+        labels = {g.label for g in dc.subset_groups}
+        assert "user box" in labels
+        assert {"AstroVLM: " + t for t in tagged} <= labels
+        assert list(dc["sources"]["vlm_label"]) == tagged
+        assert len(writeback.results_data_table(dc[writeback.RESULTS_LABEL])) == 6
+    finally:
+        restored.close()
+
+
+def test_cancel_keeps_finished_results(qtbot, glue_app, fits_dir, tiny_smolvlm_dir):
+    image = _load(glue_app, fits_dir / "HorseHead.fits")
+    sky = image.coords.pixel_to_world(np.linspace(100, 800, 12), np.linspace(100, 800, 12))
+    glue_app.data_collection.append(Data(label="many", ra=sky.ra.deg, dec=sky.dec.deg))
+    panel = _panel(glue_app, tiny_smolvlm_dir)
+    panel.refresh()
+    panel.data_combo.setCurrentText(image.label)
+    panel.source_combo.setCurrentText("Catalogue sources")
+    panel.catalog_combo.setCurrentText("many")
+    panel.set_task("tag")
+    panel.signals.progress.connect(lambda done, total: panel.cancel() if done >= 2 else None)
+    panel.run()
+    _wait(qtbot, panel)
+    assert "Cancelled" in panel.message.text()
+    kept = panel.tag_table.rowCount()
+    assert 2 <= kept < 12
+    assert int((np.asarray(glue_app.data_collection["many"]["vlm_label"]) != "").sum()) == kept
+
+
+def test_errors_show_in_the_panel(qtbot, glue_app, fits_dir, tiny_smolvlm_dir, tmp_path, monkeypatch):
+    from astropy.io import fits
+
+    bare = tmp_path / "m67_pixels.fits"
+    fits.PrimaryHDU(fits.getdata(fits_dir / "M6707HH.fits")).writeto(bare)
+    image = _load(glue_app, bare)
+    glue_app.data_collection.append(Data(label="sky sources", ra=np.array([132.8]), dec=np.array([11.8])))
+    panel = _panel(glue_app, tiny_smolvlm_dir)
+    panel.refresh()
+    panel.data_combo.setCurrentText(image.label)
+    panel.source_combo.setCurrentText("Catalogue sources")
+    panel.catalog_combo.setCurrentText("sky sources")
+    panel.set_task("tag")
+    panel.run()
+    assert "WCS" in panel.message.text() and panel.run_button.isEnabled()
+
+    empty = _box(glue_app, image, "empty", RectangularROI(5000, 5100, 5000, 5100))
+    panel.select_subset(empty)
+    panel.set_task("classify")
+    panel.run()
+    assert "selects no pixels" in panel.message.text()
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ok = _box(glue_app, image, "ok box", RectangularROI(100, 200, 100, 200))
+    panel.select_subset(ok)
+    panel.model_combo.setCurrentText("astro-nobody/no-such-vlm")
+    panel.run()
+    _wait(qtbot, panel)
+    assert "not in the local Hugging Face cache" in panel.message.text()
+    assert ok.label == "ok box"
