@@ -352,8 +352,7 @@ class AstroVLMPanel(QWidget):
             self._show_error(error)
             self.model_status.setText("not loaded")
         else:
-            vlm = future.result()
-            self.model_status.setText(f"{vlm!r} on {getattr(vlm, 'device', 'server')}")
+            self._show_model_status()
             self.message.setText("Model loaded.")
 
     def run(self) -> None:
@@ -420,15 +419,25 @@ class AstroVLMPanel(QWidget):
         self.progress.setRange(0, total)
         self.progress.setValue(done)
 
+    def _show_model_status(self) -> None:
+        session = self.vlm.session
+        if session.is_loaded:
+            vlm = session.vlm()
+            self.model_status.setText(f"{vlm!r} on {getattr(vlm, 'device', 'server')}")
+        else:
+            self.model_status.setText("not loaded")
+
     def _on_done(self, results) -> None:
         task, context = self._running
         self._running = None
+        self._show_model_status()
         self._busy(False, f"{len(results)} result(s).")
         self._write_back(task, context, results)
 
     def _on_failed(self, error) -> None:
         task, context = self._running or (None, None)
         self._running = None
+        self._show_model_status()
         self._busy(False)
         if isinstance(error, OperationCancelled):
             if error.results and task is not None:
