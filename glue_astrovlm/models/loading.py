@@ -24,6 +24,34 @@ def _offline_message(spec: str, error: BaseException) -> str:
             f"`--model /path/to/{spec.split('/')[-1]}`; or set HF_HOME to a copied cache.")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (or $HF_ENDPOINT) accepts a TCP connection; False when offline mode is set."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _read_config(source: str, trust_remote_code: bool, local_files_only: bool):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                          local_files_only=local_files_only)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise AstroVLMError(f"{source} needs custom code from its repository. Only if you trust its authors, "
+                                "pass trust_remote_code=True (--trust-remote-code).") from error
+        raise AstroVLMError(f"{source} is not a model transformers can read: {error}") from error
+
+
 def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = None, dtype=None,
                adapter: str | os.PathLike | dict | None = None, batch_size: int | None = None,
                tiling: str = "single", processor_kwargs: dict | None = None, trust_remote_code: bool = False,
@@ -86,28 +114,35 @@ def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_k
         raise AstroVLMError(f"{path} has no config.json; point --model at the folder that holds the model files.")
 
     import torch  # noqa: F401  (heavy imports only now, when a model is first used)
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     source = str(path) if path.is_dir() else spec
+    # Cached copies load without touching the network; only an uncached hub id goes online, and only
+    # when the hub answers at all (otherwise huggingface_hub retries for half a minute).
+    local_only = True
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        message = str(error)
-        if "trust_remote_code" in message:
-            raise AstroVLMError(f"{spec} needs custom code from its repository. Only if you trust its authors, "
-                                "pass trust_remote_code=True (--trust-remote-code).") from error
+        config = _read_config(source, trust_remote_code, local_files_only=True)
+    except OSError as error:
         if path.is_dir():
-            raise AstroVLMError(f"Could not read the model configuration in {path}: {message}") from error
-        raise AstroVLMError(_offline_message(spec, error)) from error
+            raise AstroVLMError(f"Could not read the model configuration in {path}: {error}") from error
+        if not _hub_reachable():
+            raise AstroVLMError(_offline_message(spec, error)) from error
+        local_only = False
+        try:
+            config = _read_config(source, trust_remote_code, local_files_only=False)
+        except OSError as error:
+            raise AstroVLMError(_offline_message(spec, error)) from error
     from .devices import pick_device, pick_dtype
 
     device = pick_device(device)
     hidden = getattr(getattr(config, "text_config", config), "hidden_size", 576)
     torch_dtype = pick_dtype(device, dtype, hidden)
     try:
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                  local_files_only=local_only)
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
-                                                            trust_remote_code=trust_remote_code)
+                                                            trust_remote_code=trust_remote_code,
+                                                            local_files_only=local_only)
     except OSError as error:
         if path.is_dir():
             raise AstroVLMError(f"Could not load the model in {path}: {error}. Weights must be safetensors.") from error

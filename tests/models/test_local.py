@@ -218,3 +218,16 @@ def test_engine_import_does_not_import_torch_or_gui():
             "bad = [m for m in ('torch', 'transformers', 'glue', 'PyQt5', 'PySide6', 'jdaviz') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_model_without_network_fails_fast(monkeypatch, tmp_path):
+    """No offline flag set, but the hub is unreachable: one quick probe, no half-minute of retries."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(AstroVLMError, match="not in the local Hugging Face cache"):
+        load_model("astro-nobody/not-a-model-anywhere")
+    assert time.perf_counter() - start < 5
