@@ -41,9 +41,35 @@ def _application_of(data_collection):
     return application_for(data_collection)
 
 
+def _register_jdaviz_plugin() -> None:
+    """Register the jdaviz tray plugin when jdaviz is the one creating this glue application.
+
+    jdaviz imports itself before it creates its glue application (which calls this entry point), so
+    ``'jdaviz' in sys.modules`` tells the two apart without importing jdaviz, which takes seconds,
+    into a plain glue session.
+    """
+    import sys
+
+    if "jdaviz" not in sys.modules:
+        return
+    try:
+        from jdaviz_plugin import register
+    except ImportError:  # glue-astrovlm installed without its jdaviz front end
+        return
+    try:
+        register()
+    except Exception:  # glue would swallow the error silently: say why the tray lacks AstroVLM
+        import logging
+
+        logging.getLogger("glue_astrovlm").warning("Could not register the AstroVLM jdaviz plugin",
+                                                   exc_info=True)
+
+
 def setup():
-    """Register the AstroVLM menu entry and the subset right-click actions with glue-qt."""
+    """Register the AstroVLM menu entry and the subset right-click actions with glue-qt, and the
+    AstroVLM tray plugin with jdaviz when jdaviz is running."""
     global _registered
+    _register_jdaviz_plugin()
     if _registered:
         return
     try:

@@ -1,0 +1,371 @@
+"""The AstroVLM tray plugin in real jdaviz helpers (Imviz, Cubeviz, App) with real data and a tiny
+real SmolVLM (random weights: the answers are meaningless, the machinery is what is tested).
+
+The helpers are created once per module and shared, since creating one takes seconds.
+"""
+
+import asyncio
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+jdaviz = pytest.importorskip("jdaviz")
+
+from glue.core.hub import HubListener  # noqa: E402
+from jdaviz.core.events import SnackbarMessage  # noqa: E402
+from regions import CirclePixelRegion, PixCoord, Regions  # noqa: E402
+
+import jdaviz_plugin  # noqa: E402
+from glue_astrovlm import AstroVLMError, detect_sources, open_image  # noqa: E402
+from glue_astrovlm.results import class_colors  # noqa: E402
+from glue_astrovlm.session import VLMSession  # noqa: E402
+from jdaviz_plugin.astrovlm.writeback import META_KEY, safe_subset_label  # noqa: E402
+
+HORSEHEAD = "HorseHead.fits"
+CUBE = "l1448_13co.fits"
+
+
+class Snackbars(HubListener):
+    """Records the snackbar messages of an app, with the thread each arrived on."""
+
+    def __init__(self, viz):
+        self.messages = []
+        viz._app.hub.subscribe(self, SnackbarMessage, handler=self._record)
+
+    def _record(self, message):
+        self.messages.append((message.color, message.text, threading.current_thread()))
+
+    def of(self, color):
+        return [(text, thread) for c, text, thread in self.messages if c == color]
+
+
+@pytest.fixture(scope="module")
+def vlm_session(tiny_smolvlm_dir):
+    # batch_size=1: progress after every cutout, so a run can be cancelled part-way
+    session = VLMSession(str(tiny_smolvlm_dir), dtype="float32", batch_size=1)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def imviz(fits_dir, vlm_session):
+    """Imviz made with the helper class that adds the plugin, showing HorseHead.fits."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        viz = jdaviz_plugin.Imviz()
+        viz.load(str(fits_dir / HORSEHEAD), format="Image", extension=0)
+    viz.plugins["AstroVLM"].vlm_session = vlm_session
+    viz.snackbars = Snackbars(viz)
+    return viz
+
+
+@pytest.fixture(scope="module")
+def cubeviz(fits_dir, vlm_session):
+    """Cubeviz with the L1448 13CO cube, the plugin added with the documented one-liner.
+
+    jdaviz 5.0.2's cube importer needs a surface-brightness unit and the file has no BUNIT: the cube
+    (brightness temperature) is given as K per pixel, what jdaviz itself makes of per-pixel data.
+    """
+    import astropy.units as u
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from specutils import Spectrum
+
+    with fits.open(fits_dir / CUBE) as hdul:
+        cube = Spectrum(flux=hdul[0].data * u.K / u.pix ** 2, wcs=WCS(hdul[0].header))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        viz = jdaviz.Cubeviz()
+        viz.load(cube, format="3D Spectrum", data_label="L1448 13CO")
+    plg = jdaviz_plugin.add_to(viz)
+    plg.vlm_session = vlm_session
+    viz.snackbars = Snackbars(viz)
+    return viz
+
+
+def _subset_labels(viz):
+    return [group.label for group in viz._app.data_collection.subset_groups]
+
+
+def _horsehead_catalog(fits_dir, n=4):
+    from astropy.table import Table
+
+    found = detect_sources(open_image(fits_dir / HORSEHEAD), nsigma=5, max_sources=n)
+    # plain degrees: jdaviz 5.0.2's Catalog Search multiplies columns that carry a unit by degrees again
+    return Table({"ra": np.asarray(found["ra"]), "dec": np.asarray(found["dec"]),
+                  "name": [f"star {i}" for i in found["id"]]})
+
+
+# ------------------------------------------------------------------------------------------ naming
+def test_safe_subset_labels_keep_letters_digits_and_spaces():
+    assert safe_subset_label("galaxy/AGN") == "AstroVLM galaxy AGN"
+    assert safe_subset_label("artefact (ghost)") == "AstroVLM artefact ghost"
+    assert safe_subset_label("Sérsic") == "AstroVLM Sersic"
+    assert safe_subset_label("???") == "AstroVLM class"
+    assert safe_subset_label("FR-I", taken={"astrovlm fr i"}) == "AstroVLM FR I 2"
+    for name in ("galaxy/AGN", "Sérsic", "edge-on disk", "FRII"):
+        assert safe_subset_label(name).replace(" ", "").isascii()
+        assert safe_subset_label(name).replace(" ", "").isalnum()
+
+
+# ------------------------------------------------------------------------------------------ registration
+def test_plain_glue_setup_does_not_import_jdaviz():
+    code = ("import sys\nfrom glue_astrovlm.glue_plugin import setup\nsetup()\n"
+            "assert 'jdaviz' not in sys.modules and 'jdaviz_plugin.astrovlm' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_app_tray_gets_plugin_through_glue_entry_point():
+    # a fresh process: glue loads each entry point once per process, so this is the first jdaviz app
+    code = ("import warnings; warnings.simplefilter('ignore')\nimport jdaviz\napp = jdaviz.App()\n"
+            "names = [item['name'] for item in app._app.state.tray_items]\n"
+            "assert 'astrovlm' in names, names\nassert 'AstroVLM' in app.plugins\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_add_to_is_idempotent(imviz):
+    before = [item["name"] for item in imviz._app.state.tray_items]
+    plg = jdaviz_plugin.add_to(imviz)
+    assert [item["name"] for item in imviz._app.state.tray_items] == before
+    assert before.count("astrovlm") == 1
+    for name in ("ask", "classify", "tag", "cancel", "export", "vlm_session", "dataset", "subset", "cube_mode"):
+        assert name in dir(plg)
+    assert ":meth:`tag`" in type(plg._obj).__doc__
+
+
+# ------------------------------------------------------------------------------------------ Imviz
+def test_imviz_classifies_a_subset(imviz):
+    imviz.plugins["Subset Tools"].import_region(CirclePixelRegion(PixCoord(480, 420), 70))
+    plg = imviz.plugins["AstroVLM"]
+    plg.send = "Spatial subset"
+    plg.subset = "Subset 1"
+    result = plg.classify(["star", "galaxy", "dark nebula"])
+    assert result.source_id == "Subset 1"
+    assert result.label in ("star", "galaxy", "dark nebula")
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    shown = plg._obj.probabilities
+    assert [item["label"] for item in shown] == sorted(result.probabilities, key=lambda k: -result.probabilities[k])
+    assert plg._obj.thumbnail.startswith("data:image/png;base64,")
+    assert "Subset 1" in plg._obj.thumbnail_caption
+    rows = plg.export_table()
+    assert rows["source"][-1] == "Subset 1" and rows["task"][-1] == "classify"
+    assert plg._obj.message_type == "success"
+    assert "Subset 1" in _subset_labels(imviz)  # the user's subset keeps its name
+
+
+def test_imviz_tags_a_catalogue_with_subsets_and_markers(imviz, fits_dir, tmp_path):
+    imviz.load(_horsehead_catalog(fits_dir), format="Catalog", data_label="stars")
+    plg = imviz.plugins["AstroVLM"]
+    user_state = next(g for g in imviz._app.data_collection.subset_groups if g.label == "Subset 1").subset_state
+    labels = ["star", "galaxy/AGN", "artefact (ghost)"]
+
+    results = plg.tag(labels, catalog="stars")
+    assert len(results) == 4
+    image = imviz._app.data_collection[0]
+    written = image.meta[META_KEY]
+    colors = class_colors(labels)
+    for name in {r.label for r in results}:
+        label = safe_subset_label(name)
+        assert written[label] == name
+        group = next(g for g in imviz._app.data_collection.subset_groups if g.label == label)
+        assert group.style.color.lower() == colors[name].lower()
+        marker = safe_subset_label(name, prefix="AstroVLM markers")
+        assert marker in imviz._app.data_collection.labels
+        assert marker in imviz._app.get_viewer("imviz-0")._marktags
+    catalog = imviz._app.data_collection["stars"]
+    assert sorted(set(catalog["vlm_label"])) == sorted({r.label for r in results})
+    table = plg.results_table()
+    assert set(table["subset"][-4:]) == {safe_subset_label(r.label) for r in results}
+    assert set(table["label"][-4:]) == {r.label for r in results}  # the full class names
+
+    # re-running replaces only the plugin's own subsets and markers
+    old_subsets = set(written)
+    plg.subsets_per = "Per source"
+    again = plg.tag(["point source", "extended"], catalog="stars")
+    labels_now = _subset_labels(imviz)
+    assert not old_subsets & set(labels_now)
+    assert "Subset 1" in labels_now
+    assert next(g for g in imviz._app.data_collection.subset_groups if g.label == "Subset 1").subset_state \
+        is user_state
+    per_source = [label for label in labels_now if label.startswith("AstroVLM ")]
+    assert len(per_source) == len(again) == 4
+    assert sorted(plg.results_table()["subset"][-4:]) == sorted(per_source)
+    assert not [d for d in imviz._app.data_collection.labels if d.startswith("AstroVLM markers star")]
+    assert len(plg.export_table()) == 1 + 4  # the classification stays, the old tags are replaced
+
+    written_files = plg.export(tmp_path / "tags")
+    assert [p.name for p in written_files] == ["tags.ecsv", "tags.reg"]
+    from astropy.table import Table
+
+    exported = Table.read(written_files[0])
+    assert "subset" in exported.colnames and "p_point_source" in exported.colnames
+    assert len(Regions.read(written_files[1])) == len(exported)
+    with pytest.raises(AstroVLMError, match="already exists"):
+        plg.export(tmp_path / "tags")
+    plg.subsets_per = "Per class"
+
+
+def test_imviz_tags_catalog_search_results(imviz, fits_dir):
+    search = imviz.plugins["Catalog Search"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search.import_catalog(_horsehead_catalog(fits_dir, n=3))
+        search.search()
+    plg = imviz.plugins["AstroVLM"]
+    assert "catalog_results" in plg.catalog.choices
+    results = plg.tag(["star", "galaxy"], catalog="catalog_results")
+    assert len(results) == 3
+    assert {safe_subset_label(r.label) for r in results} <= set(_subset_labels(imviz))
+
+
+def test_catalogue_columns_follow_jdaviz_loader_choices():
+    from glue.core import Data
+
+    from glue_astrovlm.glue_bridge.catalogs import catalog_table_from_data, has_positions
+
+    data = Data(label="sources", alpha=[5.5, 5.6], delta=[-2.4, -2.5], tag=["a", "b"], flux=[1.0, 2.0])
+    assert not has_positions(data)
+    data.get_component("alpha").units = "hourangle"
+    data.meta.update(_jdaviz_loader_ra_col="alpha", _jdaviz_loader_dec_col="delta", _jdaviz_id_col="tag")
+    assert has_positions(data)
+    table = catalog_table_from_data(data)
+    assert list(table["ra"]) == pytest.approx([82.5, 84.0])
+    assert list(table["dec"]) == [-2.4, -2.5]
+    assert list(table["id"]) == ["a", "b"] and list(table["_row"]) == [0, 1]
+
+
+def test_errors_reach_the_snackbar_and_the_plugin(imviz, tmp_path):
+    plg = imviz.plugins["AstroVLM"]
+    before = len(imviz.snackbars.of("error"))
+    missing = tmp_path / "missing.ecsv"
+    with pytest.raises(AstroVLMError, match="No such catalogue file"):
+        plg.tag(["star", "galaxy"], table_file=missing)
+    assert plg._obj.message_type == "error" and "missing.ecsv" in plg._obj.message
+    errors = imviz.snackbars.of("error")
+    assert len(errors) == before + 1 and "missing.ecsv" in errors[-1][0]
+
+    plg._obj.task_tab = 1
+    plg.custom_labels = "only one"
+    plg.preset = "Custom labels"
+    plg._obj.vue_run()  # the button reports instead of raising
+    assert "at least two labels" in plg._obj.message
+    assert "at least two labels" in imviz.snackbars.of("error")[-1][0]
+    assert not plg._obj.running
+    plg.tag_source = "Catalogue in jdaviz"
+
+
+def test_run_button_does_not_block_and_applies_on_the_main_thread(imviz):
+    plg = imviz.plugins["AstroVLM"]
+    plg.send = "Viewer area"
+    plg.preset = "spiral"
+    obj = plg._obj
+    obj.task_tab = 1
+
+    async def click_and_wait():
+        obj.vue_run()
+        assert obj.running  # returned at once; the model runs on the session's worker thread
+        while obj.running:
+            await asyncio.sleep(0.02)
+
+    successes = len(imviz.snackbars.of("success"))
+    asyncio.run(click_and_wait())
+    assert obj.message_type == "success", obj.message
+    text, thread = imviz.snackbars.of("success")[successes]
+    assert thread is threading.main_thread()
+    assert obj.progress_value == 100
+    assert plg.export_table()["source"][-1] == "view"
+
+
+def test_cancel_keeps_the_finished_results(imviz):
+    plg = imviz.plugins["AstroVLM"]
+    obj = plg._obj
+    plg.tag_source = "Detected in view"
+    plg.nsigma = 5
+    plg.max_sources = 8
+    plg.preset = "spiral"
+    obj.task_tab = 2
+
+    async def run_then_cancel():
+        obj.vue_run()
+        while obj.running and obj.progress_value == 0:
+            await asyncio.sleep(0.005)
+        obj.vue_cancel()
+        while obj.running:
+            await asyncio.sleep(0.02)
+
+    asyncio.run(run_then_cancel())
+    assert obj.message_type == "warning" and obj.message.startswith("Cancelled"), obj.message
+    tagged = [row for row in plg.export_table() if row["task"] == "tag"]
+    assert 1 <= len(tagged) < 8
+    plg.tag_source = "Catalogue in jdaviz"
+
+
+def test_clear_results_removes_only_what_the_plugin_wrote(imviz):
+    plg = imviz.plugins["AstroVLM"]
+    plg.tag(["star", "galaxy"], catalog="stars")
+    assert any(label.startswith("AstroVLM ") for label in _subset_labels(imviz))
+    plg.clear_results()
+    assert _subset_labels(imviz) == ["Subset 1"]
+    assert not [d for d in imviz._app.data_collection.labels if d.startswith("AstroVLM markers")]
+    assert not [c for c in imviz._app.data_collection["stars"].components if c.label.startswith("vlm_")]
+    assert len(plg.results) == 0
+
+
+# ------------------------------------------------------------------------------------------ Cubeviz
+def test_cubeviz_classifies_the_displayed_slice_and_a_moment_map(cubeviz):
+    import astropy.units as u
+    from specutils import SpectralRegion
+
+    plg = cubeviz.plugins["AstroVLM"]
+    assert plg.dataset.selected == "L1448 13CO" and plg._obj.is_cube
+    plg.send = "Viewer area"
+    plg.cube_mode = "Displayed slice"
+    shown = cubeviz._app.get_viewer("flux-viewer").state.slices[0]
+    result = plg.classify(["outflow", "core", "noise"])
+    assert result.provenance.cube == f"slice {shown}"
+
+    # in the spectral axis' own unit: jdaviz 5.0.2's import_region does not convert units
+    cubeviz.plugins["Subset Tools"].import_region(SpectralRegion(4000 * u.m / u.s, 5000 * u.m / u.s))
+    plg.cube_mode = "Moment 0"
+    plg.spectral_subset = "Subset 1"
+    result = plg.classify(["outflow", "core", "noise"])
+    assert result.provenance.cube.startswith("moment0") and "km/s" in result.provenance.cube
+    assert "moment0" in plg._obj.thumbnail_caption
+
+
+def test_cubeviz_tags_detected_sources_as_subsets(cubeviz):
+    plg = cubeviz.plugins["AstroVLM"]
+    plg.cube_mode = "Moment 0"
+    plg.spectral_subset = "Entire Spectrum"
+    plg.tag_source = "Detected in view"
+    plg.nsigma = 3
+    plg.max_sources = 3
+    results = plg.tag(["dense core", "diffuse"])
+    assert 1 <= len(results) <= 3
+    cube = cubeviz._app.data_collection["L1448 13CO"]
+    for name in {r.label for r in results}:
+        group = next(g for g in cubeviz._app.data_collection.subset_groups if g.label == safe_subset_label(name))
+        subset = next(s for s in group.subsets if s.data is cube)
+        assert subset.to_mask().any()
+    assert all(r.provenance.cube.startswith("moment0") for r in results)
+    assert "no viewer here supports markers" in plg._obj.message  # Cubeviz's cube viewers draw no markers
+    assert np.isfinite(plg.results_table()["ra"]).all()
+
+
+# ------------------------------------------------------------------------------------------ App
+def test_app_asks_about_the_view(fits_dir, vlm_session):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app = jdaviz.App()
+        app.load(str(fits_dir / HORSEHEAD), format="Image", extension=0)
+    plg = jdaviz_plugin.add_to(app)  # already there through the entry point unless glue loaded it earlier
+    assert [item["name"] for item in app._app.state.tray_items].count("astrovlm") == 1
+    plg.vlm_session = vlm_session
+    plg.send = "Viewer area"
+    result = plg.ask("Is there a dark nebula?")
+    assert result.task == "ask" and result.prompt == "Is there a dark nebula?"
+    assert plg._obj.ask_history[-1]["answer"] == result.answer

@@ -1,0 +1,338 @@
+"""Render the AstroVLM plugin's ``.vue`` template in a real browser and check its controls.
+
+Python tests never compile ``.vue`` templates, so template mistakes only show in a front end. This
+script serves Imviz (HorseHead.fits, a subset, a catalogue, the AstroVLM plugin open in the tray,
+after a tagging and a classification run with a tiny random-weight SmolVLM) through solara, the
+widget front end jdaviz itself uses for its standalone app (the real ipywidgets, ipyvue and
+ipyvuetify JavaScript), loads it in headless Chromium with Playwright, checks that the plugin's
+controls are in the DOM, that Vue reported no template errors, and saves screenshots.
+
+Run it from the repository root::
+
+    python jdaviz_plugin/render_check.py                 # screenshots into docs/_static
+    python jdaviz_plugin/render_check.py --out /tmp/shots
+
+It needs Chromium (Debian: ``apt-get install chromium``; or ``--chromium PATH`` /
+``$ASTROVLM_CHROMIUM``) and the ``playwright`` Python package (its own browser download is not
+needed). Without either it prints ``SKIPPED: <reason>`` and exits 0, so CI can run it everywhere.
+Exit status 1 means the render check failed.
+
+When solara runs this file as its app, only `Page` below is used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import solara
+
+#: Set by the runner: folder of the tiny model to run tasks with (no tasks without it).
+MODEL_ENV = "ASTROVLM_RENDER_MODEL"
+#: Set by the runner: the folder of FITS files.
+FITS_ENV = "ASTROVLM_RENDER_FITS"
+#: Set by the runner: which jdaviz configuration to serve ('imviz' or 'cubeviz').
+CONFIG_ENV = "ASTROVLM_RENDER_CONFIG"
+
+#: Texts that the plugin's template must put on the page (labels, tabs, buttons, sections), per view.
+EXPECTED_TEXTS = {
+    "common": ("Model", "Load model", "What to send", "Data", "Viewer", "Interval", "Stretch", "Model sees",
+               "Refresh preview", "Ask", "Classify", "Tag sources", "Label set", "Cancel", "Results", "Export",
+               "Clear results"),
+    # Imviz: the Classify tab after classifying a subset
+    "imviz": ("Send", "Spatial subset", "Outside the subset"),
+    # Cubeviz: the Tag sources tab after tagging sources detected on a moment map
+    "cubeviz": ("Cube", "Spectral range", "Sources", "Threshold (sigma)", "Max sources", "Cutout size (px)",
+                "Write subsets", "Subsets", "Write markers"),
+}
+
+
+# ------------------------------------------------------------------------------------------ the app
+def _register_jdaviz_components() -> None:
+    # what jdaviz.solara does for its own standalone app (without its exit-on-close kernel hook)
+    import ipyvue
+    import jdaviz
+    from jdaviz.app import custom_components
+
+    root = Path(jdaviz.__file__).parent
+    for name, path in custom_components.items():
+        ipyvue.register_component_from_file(None, name, str(root / path))
+    ipyvue.register_component_from_file("g-viewer-tab", "container.vue", jdaviz.__file__)
+
+
+def build_imviz():
+    """Imviz with HorseHead.fits, a user subset, a catalogue and the AstroVLM plugin open."""
+    import warnings
+
+    from astropy.table import Table
+    from regions import CirclePixelRegion, PixCoord
+
+    import jdaviz_plugin
+    from glue_astrovlm import detect_sources, open_image
+
+    fits_dir = Path(os.environ[FITS_ENV])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        viz = jdaviz_plugin.Imviz()
+        viz.load(str(fits_dir / "HorseHead.fits"), format="Image", extension=0)
+        found = detect_sources(open_image(fits_dir / "HorseHead.fits"), nsigma=5, max_sources=6)
+        viz.load(Table({"ra": found["ra"], "dec": found["dec"]}), format="Catalog", data_label="stars")
+    viz.plugins["Subset Tools"].import_region(CirclePixelRegion(PixCoord(480, 420), 70))
+    plg = viz.plugins["AstroVLM"]
+    model = os.environ.get(MODEL_ENV)
+    if model:
+        from glue_astrovlm.session import VLMSession
+
+        plg.vlm_session = VLMSession(model, dtype="float32")
+        plg.tag(["star", "galaxy", "artefact"], catalog="stars")
+        plg.send = "Spatial subset"
+        plg.subset = "Subset 1"
+        plg.classify(["star", "galaxy", "dark nebula"])
+    plg.open_in_tray()
+    return viz._app
+
+
+def build_cubeviz():
+    """Cubeviz with the L1448 13CO cube, sources detected on its moment-0 map and tagged."""
+    import warnings
+
+    import astropy.units as u
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from specutils import Spectrum
+
+    import jdaviz_plugin
+
+    with fits.open(Path(os.environ[FITS_ENV]) / "l1448_13co.fits") as hdul:
+        cube = Spectrum(flux=hdul[0].data * u.K / u.pix ** 2, wcs=WCS(hdul[0].header))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        viz = jdaviz_plugin.Cubeviz()
+        viz.load(cube, format="3D Spectrum", data_label="L1448 13CO")
+    plg = viz.plugins["AstroVLM"]
+    plg.cube_mode = "Moment 0"
+    plg._obj.task_tab = 2
+    plg.tag_source = "Detected in view"
+    plg.nsigma = 3
+    plg.max_sources = 6
+    model = os.environ.get(MODEL_ENV)
+    if model:
+        from glue_astrovlm.session import VLMSession
+
+        plg.vlm_session = VLMSession(model, dtype="float32")
+        plg.tag(["dense core", "outflow", "diffuse"])
+    plg.open_in_tray()
+    return viz._app
+
+
+BUILDERS = {"imviz": build_imviz, "cubeviz": build_cubeviz}
+
+
+@solara.component
+def Page():
+    solara.use_memo(_register_jdaviz_components, [])
+    app, set_app = solara.use_state(None)
+    which = os.environ.get(CONFIG_ENV, "imviz")
+    solara.use_effect(lambda: set_app(BUILDERS[which]()), [])
+    import jdaviz
+
+    # no return: solara shows every element made here (the style and title included)
+    solara.Style(Path(jdaviz.__file__).parent / "solara.css")
+    solara.Title(f"AstroVLM in {which.capitalize()}")
+    solara.Column(children=[app] if app is not None else [])
+
+
+# ------------------------------------------------------------------------------------------ the runner
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _find_chromium(explicit: str | None) -> str | None:
+    import shutil
+
+    for candidate in (explicit, os.environ.get("ASTROVLM_CHROMIUM"), "chromium", "chromium-browser",
+                      "google-chrome", "google-chrome-stable"):
+        if candidate:
+            found = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
+            if found:
+                return found
+    return None
+
+
+def _wait_for_server(url: str, server, timeout: float) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the solara server exited with status {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the solara server did not answer at {url} within {timeout:.0f} s")
+
+
+def _tiny_model(folder: Path) -> str | None:
+    from glue_astrovlm.testing import SHARED_SMOLVLM_CONFIG, build_smolvlm
+
+    if not SHARED_SMOLVLM_CONFIG.is_dir():
+        print(f"note: no model configuration at {SHARED_SMOLVLM_CONFIG}; rendering without running tasks")
+        return None
+    return str(build_smolvlm(folder))
+
+
+def check_page(page, config: str, timeout_ms: int, with_results: bool) -> list[str]:
+    """The problems found on the rendered page (empty when it passes)."""
+    problems = []
+    page.wait_for_selector("text=What to send", timeout=timeout_ms)
+    page.wait_for_selector("text=Tag sources", timeout=timeout_ms)
+    if with_results:
+        page.wait_for_selector(".astrovlm-message", timeout=timeout_ms)
+    page.wait_for_timeout(1500)  # let images and bqplot settle before the screenshot
+    plugin = page.locator(".tray-plugin").filter(has_text="What to send")
+    if plugin.count() != 1:
+        problems.append(f"expected one AstroVLM plugin container, found {plugin.count()}")
+        return problems
+    text = plugin.text_content().lower()  # the DOM's text: buttons and tabs are upper-cased by CSS only
+    missing = [label for label in EXPECTED_TEXTS["common"] + EXPECTED_TEXTS[config] if label.lower() not in text]
+    if missing:
+        problems.append("controls missing from the plugin: " + ", ".join(missing))
+    inputs = plugin.locator("input, button, .v-select").count()
+    if inputs < 15:
+        problems.append(f"only {inputs} inputs, buttons and selects rendered")
+    thumbnail = plugin.locator("img[alt='What the model sees']")
+    if thumbnail.count() != 1 or not thumbnail.evaluate("img => img.complete && img.naturalWidth > 0"):
+        problems.append("the 'Model sees' thumbnail did not render")
+    if with_results:
+        message = plugin.locator(".astrovlm-message").text_content()
+        if config == "imviz":
+            bars = plugin.locator(".astrovlm-probability").count()
+            if bars != 3:
+                problems.append(f"expected 3 probability bars after classifying, found {bars}")
+        elif "Tagged" not in message:
+            problems.append(f"expected the tagging summary, the plugin says {message.strip()!r}")
+        if "error" in (plugin.locator(".astrovlm-message").get_attribute("class") or ""):
+            problems.append(f"the plugin reports an error: {message.strip()}")
+    return problems
+
+
+def _close_snackbars(page, rounds: int = 10) -> None:
+    """Dismiss jdaviz's queued notifications so that they do not cover the screenshot."""
+    for _ in range(rounds):
+        buttons = page.locator(".v-snack__wrapper button")
+        if buttons.count() == 0 or not buttons.first.is_visible():
+            return
+        try:
+            buttons.first.click(timeout=2000)
+        except Exception:  # noqa: BLE001 - a notification that vanished by itself
+            pass
+        page.wait_for_timeout(400)
+
+
+def render(config: str, chromium: str, env: dict, out: Path, timeout: float, cwd: str) -> list[str]:
+    """Serve one jdaviz configuration, check it in Chromium and save its screenshots."""
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    server = subprocess.Popen([sys.executable, "-m", "solara", "run", "jdaviz_plugin.render_check",
+                               "--port", str(port), "--host", "127.0.0.1", "--production", "--no-open",
+                               "--log-level", "warning"], env={**env, CONFIG_ENV: config}, cwd=cwd)
+    console, problems = [], []
+    try:
+        _wait_for_server(url, server, timeout=60)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True,
+                                                 args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+            page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            page.goto(url)
+            problems = check_page(page, config, int(timeout * 1000), with_results=MODEL_ENV in env)
+            problems += [f"browser console: {line}" for line in console
+                         if "Vue warn" in line or "compiling template" in line or line.startswith("pageerror")]
+            _close_snackbars(page)
+            page.screenshot(path=str(out / f"jdaviz_{config}_astrovlm.png"))
+            # the tray scrolls: a tall window shows the whole plugin for its own screenshot
+            page.set_viewport_size({"width": 1500, "height": 3000})
+            page.wait_for_timeout(1000)
+            plugin = page.locator(".tray-plugin").filter(has_text="What to send")
+            if plugin.count() == 1:
+                plugin.screenshot(path=str(out / f"jdaviz_{config}_astrovlm_panel.png"))
+            browser.close()
+    except Exception as error:  # noqa: BLE001 - any failure of the render is a failed check
+        problems.append(f"{type(error).__name__}: {error}")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return [f"{config}: {problem}" for problem in problems]
+
+
+def main(argv=None) -> int:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "_static",
+                        help="folder for the screenshots (default: docs/_static)")
+    parser.add_argument("--chromium", help="Chromium executable (default: $ASTROVLM_CHROMIUM or on PATH)")
+    parser.add_argument("--fits-dir", type=Path,
+                        default=Path(os.environ.get("ASTROVLM_SHARED_DATA",
+                                                    Path(__file__).resolve().parents[2] / "shared" / "data"))
+                        / "fits", help="folder holding HorseHead.fits and l1448_13co.fits")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds to wait for each page")
+    parser.add_argument("--configs", nargs="+", choices=sorted(BUILDERS), default=["imviz", "cubeviz"],
+                        help="jdaviz configurations to render (default: both)")
+    args = parser.parse_args(argv)
+
+    chromium = _find_chromium(args.chromium)
+    if chromium is None:
+        print("SKIPPED: browser render check: no Chromium found (apt-get install chromium, or pass --chromium "
+              "PATH / set ASTROVLM_CHROMIUM)")
+        return 0
+    import importlib.util
+
+    if importlib.util.find_spec("playwright") is None:
+        print("SKIPPED: browser render check: the playwright Python package is not installed "
+              "(pip install playwright; its browser download is not needed)")
+        return 0
+    missing = [name for name in ("HorseHead.fits", "l1448_13co.fits") if not (args.fits_dir / name).is_file()]
+    if missing:
+        print(f"SKIPPED: browser render check: {', '.join(missing)} not found in {args.fits_dir}")
+        return 0
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = _tiny_model(Path(tmp) / "tiny-smolvlm")
+        env = {**os.environ, FITS_ENV: str(args.fits_dir)}
+        if model:
+            env[MODEL_ENV] = model
+        for config in args.configs:
+            problems += render(config, chromium, env, args.out, args.timeout, tmp)
+    if problems:
+        print("FAILED: browser render check:")
+        for problem in problems:
+            print("  -", problem)
+        return 1
+    shots = ", ".join(f"jdaviz_{c}_astrovlm.png, jdaviz_{c}_astrovlm_panel.png" for c in args.configs)
+    print(f"PASSED: browser render check with {chromium}; screenshots in {args.out}: {shots}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
