@@ -1,9 +1,13 @@
-"""The ``astrovlm`` command line: classify, ask about and describe astronomical images.
+"""The ``astrovlm`` command line: classify, ask about and describe astronomical images; evaluate and
+fine-tune models on labelled images.
 
-Every command reads an image (FITS, compressed FITS, PNG/JPEG, or three FITS bands as ``R,G,B``),
+``classify``, ``ask`` and ``describe`` read an image (FITS, compressed FITS, PNG/JPEG, or three FITS bands
+as ``R,G,B``),
 cuts it into model images (whole image, a position, regions, a catalogue, or detected sources), runs a
 local or remote model and writes an ECSV/FITS table and a DS9/CRTF region file. User errors print one
-line saying what to do and exit with status 2; Ctrl-C keeps finished results.
+line saying what to do and exit with status 2; Ctrl-C keeps finished results. ``eval`` writes a
+report comparing models and adapters on labelled images; ``finetune`` trains a LoRA adapter (or a
+projector, or the whole model) on them.
 """
 
 from __future__ import annotations
@@ -180,7 +184,122 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(describe)
 
     sub.add_parser("presets", help="list the shipped label sets")
+    _add_eval_parser(sub)
+    _add_finetune_parser(sub)
     return parser
+
+
+def _add_data_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("data", nargs="?",
+                        help="a folder with one sub-folder of images (PNG, JPEG, FITS) per class; a table "
+                             "(ECSV/CSV/FITS) with file and label (or caption) columns" +
+                             ("; LLaVA conversation JSON; image-caption JSONL" if what == "finetune" else ""))
+    group = parser.add_argument_group("FITS image with a catalogue of labelled positions (instead of DATA)")
+    group.add_argument("--image", metavar="FITS", help="one FITS image")
+    group.add_argument("--catalog", metavar="TABLE",
+                       help="table of ra/dec (or x/y) positions with a label column")
+    group.add_argument("--label-column", help="label column of --catalog (default: label or class)")
+    group.add_argument("--size", type=_size, default=None,
+                       help="--catalog cutout size: pixels or an angle (default 64)")
+    group.add_argument("--hdu", help="HDU index or name of --image")
+    parser.add_argument("--image-root", metavar="DIR",
+                        help="folder that relative image paths in tables/JSON start from (default: the table's folder)")
+    labels = parser.add_argument_group("label set (default: " + ("the one the model or adapter was trained with, "
+                                                                 "else " if what == "eval" else "") +
+                                       "the data's labels with a generic question)").add_mutually_exclusive_group()
+    labels.add_argument("--labels", nargs="+", metavar="LABEL", help="the labels, or one TOML/YAML label file")
+    labels.add_argument("--preset", help="a shipped label set (see `astrovlm presets`)")
+    parser.add_argument("--question", help="replace the label set's question")
+    images = parser.add_argument_group("model images" + (" (default: as recorded by finetune, else zscale "
+                                                         "contrast 0.25 linear, no crop)" if what == "eval" else ""))
+    images.add_argument("--crop", type=float, default=None,
+                        help="keep this central fraction of each image, e.g. 0.5 (default 1: the whole image)")
+    images.add_argument("--interval", choices=("zscale", "percentile", "minmax"), default=None)
+    images.add_argument("--stretch", choices=("linear", "sqrt", "log", "asinh"), default=None)
+    images.add_argument("--contrast", type=float, default=None, help="zscale contrast (default 0.25)")
+    images.add_argument("--percentile", type=float, default=None, help="percentile interval (default 99.5)")
+    parser.add_argument("--limit", type=int, help="use a random N images (drawn with --seed)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --limit, bootstrap and training (default 0)")
+
+
+def _add_eval_parser(sub) -> None:
+    evaluate = sub.add_parser("eval", help="measure models and adapters on labelled images: accuracy, F1, "
+                                           "confusion, calibration",
+                              description="Classify every labelled image with each model/adapter and write "
+                                          "report.md (or .html), PNG plots, metrics.json and per_image.ecsv.")
+    _add_data_options(evaluate, "eval")
+    _add_model_options(evaluate)
+    compare = evaluate.add_argument_group("comparison")
+    compare.add_argument("--compare-base", action="store_true",
+                         help="also evaluate the base model with its adapters disabled")
+    compare.add_argument("--compare-model", action="append", metavar="MODEL", default=[],
+                         help="another model (Hub id, directory or server URL) side by side; repeatable")
+    out = evaluate.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", required=True, help="folder for the report and tables")
+    out.add_argument("--format", choices=("md", "html"), default="md", help="report format (default md)")
+    out.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
+    out.add_argument("-v", "--verbose", action="store_true", help="log device, dtype, batch size and tokens")
+
+
+def _add_finetune_parser(sub) -> None:
+    from .training.finetune import DEFAULT_LEARNING_RATES, METHODS
+
+    tune = sub.add_parser("finetune", help="train a LoRA adapter (or projector / whole model) on labelled "
+                                           "images, conversations or captions",
+                          description="Fine-tune a local VLM. Writes an adapter (safetensors) or a model folder "
+                                      "with a model card into --out; checkpoints go to --out/checkpoints.")
+    _add_data_options(tune, "finetune")
+    model = tune.add_argument_group("model")
+    from .models.loading import DEFAULT_MODEL
+
+    model.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"base model: Hub id or directory (default {DEFAULT_MODEL})")
+    model.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the first available)")
+    model.add_argument("--tiling", choices=("single", "default"), default="single",
+                       help="image tokens per cutout: one tile (default) or the processor's own tiling")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="run Python code shipped with a Hub model (only for authors you trust)")
+    method = tune.add_argument_group("method")
+    method.add_argument("--method", choices=METHODS, default="lora",
+                        help="lora (default), projector only, two-stage (projector then LoRA) or full")
+    method.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    method.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 * r)")
+    method.add_argument("--lora-dropout", type=float, default=0.05)
+    method.add_argument("--target-modules", nargs="+", metavar="NAME",
+                        help="language-model layers LoRA adapts (default q,k,v,o,gate,up,down _proj)")
+    method.add_argument("--train-vision-tower", action="store_true",
+                        help="also train the vision tower (frozen by default)")
+    method.add_argument("--stage1-epochs", type=float, default=1.0, help="two-stage: projector epochs (default 1)")
+    method.add_argument("--stage1-lr", type=float, default=1e-3, help="two-stage: projector learning rate")
+    train = tune.add_argument_group("training")
+    train.add_argument("--val", metavar="DATA",
+                       help="labelled validation images, scored each epoch as by astrovlm eval")
+    train.add_argument("--val-limit", type=int, help="use a random N validation images")
+    train.add_argument("--epochs", type=float, default=3.0, help="passes over the data (default 3)")
+    train.add_argument("--max-steps", type=int, help="stop after N optimiser updates")
+    train.add_argument("--lr", type=float, help="peak learning rate (default: " +
+                       ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATES.items()) + ")")
+    train.add_argument("--batch-size", type=int, default=4, help="examples per step (default 4)")
+    train.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    train.add_argument("--warmup-ratio", type=float, default=0.05,
+                       help="fraction of updates warming up (default 0.05)")
+    train.add_argument("--scheduler", default="cosine", help="learning-rate schedule (default cosine)")
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--max-length", type=int, help="truncate longer examples (tokens)")
+    train.add_argument("--gradient-checkpointing", action="store_true", help="save memory at the cost of compute")
+    train.add_argument("--early-stopping", type=int, metavar="N",
+                       help="stop after N validations without a better accuracy (needs --val)")
+    train.add_argument("--eval-batch-size", type=int, default=8, help="images per validation forward pass")
+    train.add_argument("--cache-gb", type=float, default=2.0,
+                       help="memory for encoded training examples (default 2; about 3 MB per image)")
+    out = tune.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", required=True,
+                     help="folder for the adapter/model, card and checkpoints")
+    out.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR/checkpoints")
+    out.add_argument("--overwrite", action="store_true", help="replace an earlier run in DIR")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("-v", "--verbose", action="store_true", help="log device, parameters and steps")
 
 
 def _version() -> str:
@@ -356,6 +475,163 @@ def _command_run(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- eval and finetune
+def _labels_arg(args):
+    """The label set the user asked for, or None."""
+    from .labelsets import resolve_labels
+
+    if args.labels is None and args.preset is None:
+        return None
+    given = args.labels
+    if given and len(given) == 1 and Path(given[0]).suffix.lower() in {".toml", ".yaml", ".yml"}:
+        given = given[0]
+    return resolve_labels(given, args.preset, args.question)
+
+
+def _read_data(args):
+    """The ImageDataset named by DATA (or --image/--catalog)."""
+    from .datasets import load_dataset, load_fits_catalog
+
+    if args.image or args.catalog:
+        if args.data is not None:
+            raise AstroVLMError("Give DATA or --image with --catalog, not both.")
+        if not (args.image and args.catalog):
+            raise AstroVLMError("--image and --catalog go together: a FITS image and a table of labelled "
+                                "positions.")
+        hdu = args.hdu
+        if hdu is not None and hdu.lstrip("-").isdigit():
+            hdu = int(hdu)
+        return load_fits_catalog(args.image, args.catalog, label_col=args.label_column,
+                                 size=args.size if args.size is not None else 64, hdu=hdu)
+    if args.data is None:
+        raise AstroVLMError("Give the data: a folder of class folders, a table, a JSON file, or --image with "
+                            "--catalog.")
+    return load_dataset(args.data, image_root=args.image_root)
+
+
+def _stretch_arg(args, recorded: dict | None = None):
+    """The stretch from the options; unset options come from ``recorded`` (a finetune record), else defaults."""
+    from .stretch import Stretch
+
+    base = dict((recorded or {}).get("stretch") or {})
+    for name in ("interval", "stretch", "contrast", "percentile"):
+        if getattr(args, name) is not None:
+            base[name] = getattr(args, name)
+    known = ("interval", "stretch", "contrast", "percentile", "a")
+    return Stretch(**{k: v for k, v in base.items() if k in known})
+
+
+def _command_eval(args) -> int:
+    from .evaluation import System, check_label_set, evaluate, read_finetune_record, recorded_label_set
+
+    adapters = _adapter_arg(args.adapter) or {}
+    if args.compare_base and not adapters:
+        raise AstroVLMError("--compare-base compares adapters with their base model; give --adapter too.")
+    out_dir = Path(args.out)
+    if not args.overwrite:
+        names = (f"report.{args.format}", "metrics.json", "per_image.ecsv")
+        existing = [n for n in names if (out_dir / n).exists()]
+        if existing:
+            raise AstroVLMError(f"{out_dir} already holds {', '.join(existing)}; choose another --out or pass "
+                                "--overwrite.")
+    dataset = _read_data(args)
+    # what each model/adapter was trained with: label set, stretch and crop
+    sources = [(path, "adapter") for path in adapters.values()]
+    sources += [(m, "model") for m in [args.model] + list(args.compare_model) if Path(m).is_dir()]
+    records = [(path, what, read_finetune_record(path)) for path, what in sources]
+    records = [(path, what, record) for path, what, record in records if record]
+    labels = _labels_arg(args)
+    if labels is None:
+        trained = next((recorded_label_set(r) for _, _, r in records if recorded_label_set(r)), None)
+        labels = dataset.label_set(trained)
+        if args.question:
+            from .labelsets import LabelSet
+
+            labels = LabelSet(labels.labels, labels.descriptions, args.question, labels.name, labels.title)
+    for path, what, _ in records:
+        check_label_set(labels, path, what)
+    recorded = records[0][2] if records else None
+    stretch = _stretch_arg(args, recorded)
+    crop = args.crop if args.crop is not None else float((recorded or {}).get("crop", 1.0))
+    if recorded and args.crop is None:
+        log.info("Using the crop (%g) and stretch (%s) recorded in %s", crop, stretch.describe(), records[0][0])
+
+    systems = []
+    vlm = _load(args)
+    if adapters:
+        if args.compare_base:
+            systems.append(System("base", vlm, None))
+        systems += [System(name, vlm, name) for name in adapters]
+    else:
+        systems.append(System(Path(str(args.model)).name or str(args.model), vlm))
+    for other in args.compare_model:
+        from .models.loading import load_model
+
+        if str(other).startswith(("http://", "https://")):
+            other_vlm = load_model(other, timeout=args.timeout)
+        else:
+            other_vlm = load_model(other, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                   tiling=args.tiling, trust_remote_code=args.trust_remote_code)
+        name = Path(str(other)).name or str(other)
+        if name in [s.name for s in systems]:
+            name = f"{name}-{len(systems)}"
+        systems.append(System(name, other_vlm))
+    report = evaluate(systems, dataset, labels, stretch=stretch, crop=crop, limit=args.limit, seed=args.seed,
+                      show_progress=True)
+    written = report.write(out_dir, format=args.format, overwrite=args.overwrite, plots=not args.no_plots)
+    for system in report.systems:
+        m = system.metrics
+        print(f"{system.name}\taccuracy {m.accuracy:.3f} [{m.accuracy_ci[0]:.3f}, {m.accuracy_ci[1]:.3f}]\t"
+              f"macro F1 {m.macro['f1']:.3f}\tECE {m.ece:.3f}\t({m.n} images)")
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _command_finetune(args) -> int:
+    from .evaluation import read_finetune_record, recorded_label_set
+    from .training import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        method=args.method, epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio, scheduler=args.scheduler,
+        weight_decay=args.weight_decay, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout, target_modules=args.target_modules,
+        train_vision_tower=args.train_vision_tower, gradient_checkpointing=args.gradient_checkpointing,
+        early_stopping=args.early_stopping, max_steps=args.max_steps, seed=args.seed, max_length=args.max_length,
+        stage1_epochs=args.stage1_epochs, stage1_learning_rate=args.stage1_lr,
+        eval_batch_size=args.eval_batch_size, cache_gb=args.cache_gb)
+    train = _read_data(args).sample(args.limit, args.seed)
+    val = None
+    if args.val:
+        from .datasets import load_dataset
+
+        val = load_dataset(args.val, image_root=args.image_root).sample(args.val_limit, args.seed)
+    labels = _labels_arg(args)
+    if labels is None and Path(args.model).is_dir():
+        labels = recorded_label_set(read_finetune_record(args.model))
+    crop = args.crop if args.crop is not None else 1.0
+    stretch = _stretch_arg(args)
+    vlm = None
+    if args.tiling != "single" or args.trust_remote_code:
+        from .models.loading import load_model
+
+        vlm = load_model(args.model, device=args.device, dtype="float32", tiling=args.tiling,
+                         trust_remote_code=args.trust_remote_code)
+    result = finetune(vlm or args.model, train, args.out, label_set=labels, val=val, config=config,
+                      stretch=stretch, crop=crop, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                      show_progress=not args.no_progress)
+    record = result.record
+    print(f"{record['method']}: {record['steps']} updates, {record['epochs']:.2f} epochs in "
+          f"{record['train_seconds']:.0f} s; last training loss {record['final_loss']:.4f}")
+    if result.validation:
+        print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.validation.items()))
+    how = (f"load_model({record['base_model']!r}, adapter={str(result.out_dir)!r})" if result.is_adapter
+           else f"load_model({str(result.out_dir)!r})")
+    print(f"wrote {result.out_dir} (use it with {how})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``astrovlm`` command; returns the exit status."""
     parser = build_parser()
@@ -365,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             return _command_presets()
+        if args.command == "eval":
+            return _command_eval(args)
+        if args.command == "finetune":
+            return _command_finetune(args)
         return _command_run(args)
     except AstroVLMError as error:
         print(f"astrovlm: error: {error}", file=sys.stderr)

@@ -1,0 +1,13 @@
+"""Fine-tuning vision-language models on astronomers' own labels (`astrovlm finetune`).
+
+- `data`: training examples encoded exactly as `classify` scores them, and their collation;
+- `architecture`: the vision tower, projector and language model of each VLM family;
+- `finetune`: LoRA, projector-only, two-stage and full fine-tuning on the transformers `Trainer`;
+- `model_card`: the README written with every adapter.
+
+Importing this package is cheap; torch, transformers and peft load when training starts.
+"""
+
+from .finetune import DEFAULT_LEARNING_RATES, METHODS, FinetuneConfig, FinetuneResult, finetune
+
+__all__ = ["finetune", "FinetuneConfig", "FinetuneResult", "METHODS", "DEFAULT_LEARNING_RATES"]

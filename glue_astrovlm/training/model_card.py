@@ -1,0 +1,74 @@
+"""The README model card written next to every fine-tuned adapter or model."""
+
+from __future__ import annotations
+
+__all__ = ["model_card"]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def model_card(record: dict) -> str:
+    """A Markdown model card from the record `finetune` saves (base model, data, labels, settings, metrics)."""
+    adapter = record["method"] in ("lora", "two-stage")
+    label_set = record.get("label_set")
+    lines = ["---", "library_name: peft" if adapter else "library_name: transformers",
+             f"base_model: {record['base_model']}", "tags:", "- glue-astrovlm", "- astronomy",
+             f"- {record['method']}", "---", "",
+             f"# {'LoRA adapter' if adapter else 'Fine-tuned model'} for {record['base_model']}", "",
+             f"Trained with `astrovlm finetune --method {record['method']}` (glue-astrovlm "
+             f"{record.get('glue_astrovlm_version', '')}) on {record['created']}.", ""]
+    lines += ["## Use", "", "```python", "from glue_astrovlm import load_model", ""]
+    if adapter:
+        lines += [f"vlm = load_model({record['base_model']!r}, adapter='path/to/this/folder')"]
+    else:
+        lines += ["vlm = load_model('path/to/this/folder')"]
+    if label_set:
+        lines += [f"results = vlm.classify(cutouts, {label_set['labels']!r})"]
+    lines += ["```", "", "or `astrovlm eval DATA --model ... " + ("--adapter this/folder`" if adapter else "`")
+              + " (the label set, stretch and crop below are read from this folder).", ""]
+    lines += ["## Data", ""]
+    data = record["data"]
+    lines.append(f"- training: {data.get('source')} ({data.get('kind')}, {data.get('n')} images)")
+    if data.get("class_counts"):
+        lines.append("  - per class: " + ", ".join(f"{k} {v}" for k, v in data["class_counts"].items()))
+    if record.get("validation_data"):
+        val = record["validation_data"]
+        lines.append(f"- validation: {val.get('source')} ({val.get('n')} images)")
+    lines.append(f"- images: engine stretch {record['stretch_text']}, central crop {record['crop']:g}")
+    lines.append("")
+    if label_set:
+        lines += ["## Label set", "", f"`{label_set['name']}`, prompt hash `{label_set['prompt_hash']}`: the "
+                  "model answers the question below with one label; `classify` scores each label's likelihood.",
+                  "", f"> {label_set['question']}", ""]
+        descriptions = label_set["descriptions"] or [""] * len(label_set["labels"])
+        for label, description in zip(label_set["labels"], descriptions):
+            lines.append(f"- **{label}**" + (f": {description}" if description else ""))
+        lines.append("")
+    lines += ["## Training", "", "| setting | value |", "|---|---|"]
+    for key, value in record["hyperparameters"].items():
+        lines.append(f"| {key} | {_fmt(value)} |")
+    lines += [f"| trainable parameters | {record['trainable_parameters']:,} of {record['total_parameters']:,} |",
+              f"| vision tower | {'frozen' if record['modules']['vision_frozen'] else 'trained'} |",
+              f"| optimiser updates | {record['steps']} ({record['epochs']:.2f} epochs) |",
+              f"| training loss: mean over the run, last logged | {_fmt(record['train_loss'])}, "
+              f"{_fmt(record.get('final_loss'))} |",
+              f"| device, precision | {record['device']}, {record['precision']} |",
+              f"| training time | {record['train_seconds']:.0f} s |", ""]
+    if record.get("validation"):
+        lines += ["## Validation", "", "Scored as `astrovlm eval` does (label likelihoods), best epoch kept:", ""]
+        lines += [f"- {key}: {_fmt(value)}" for key, value in record["validation"].items()]
+        evals = [h for h in record.get("history", []) if "eval_accuracy" in h]
+        if evals:
+            lines += ["", "| epoch | step | accuracy | macro F1 | NLL |", "|---|---|---|---|---|"]
+            lines += [f"| {h.get('epoch', 0):.2f} | {h.get('step', '')} | {h['eval_accuracy']:.3f} | "
+                      f"{h.get('eval_macro_f1', float('nan')):.3f} | {h.get('eval_nll', float('nan')):.3f} |"
+                      for h in evals]
+        lines.append("")
+    lines += ["## Limitations", "",
+              "Validation figures describe the validation data above only. Check the model on your own data "
+              "with `astrovlm eval` before using its labels for science.", ""]
+    return "\n".join(lines)
