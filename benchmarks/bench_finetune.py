@@ -14,7 +14,7 @@ that users run:
     swapped (FRI <-> FRII, Compact <-> Bent). It loads by name, switches, can be disabled, and changes
     the predictions.
 ``generalise``
-    The same recipe on the train split with validation each epoch on ``valid`` and one final
+    The same recipe on the train split (or ``--train-limit`` of it) with validation each epoch on ``valid`` and one final
     evaluation on ``test`` (never used for any choice). Reported whatever it is; chance is 0.25.
 
 Each writes ``<out>/<check>.json`` with the figures, the command lines and the machine. Timings on a
@@ -22,9 +22,10 @@ shared machine depend on its load: the JSON records the load average before and 
 
 Usage::
 
-    python benchmarks/bench_finetune.py memorise --out /tmp/astrovlm-finetune
-    python benchmarks/bench_finetune.py lora --out /tmp/astrovlm-finetune
-    python benchmarks/bench_finetune.py generalise --out /tmp/astrovlm-finetune --epochs 1 --train-limit 400
+    python benchmarks/bench_finetune.py memorise --out /tmp/astrovlm-finetune     # about 1 minute idle
+    python benchmarks/bench_finetune.py lora --out /tmp/astrovlm-finetune         # needs memorise first
+    python benchmarks/bench_finetune.py generalise --out /tmp/astrovlm-finetune-full  # 4 epochs, 10+ minutes
+    python benchmarks/bench_finetune.py generalise --epochs 2 --train-limit 400 --val-limit 100  # a smaller budget
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("check", choices=("memorise", "lora", "generalise", "all"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/astrovlm-finetune"))
-    parser.add_argument("--epochs", type=float, default=60, help="memorise/generalise epochs (default 60)")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="epochs (default: memorise 60, generalise 4)")
     parser.add_argument("--lora-epochs", type=float, default=20)
     parser.add_argument("--train-limit", type=int, help="generalise: a random N training images")
     parser.add_argument("--val-limit", type=int, help="generalise: a random N validation images")
@@ -227,7 +229,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"FIRST data not found at {FIRST}")
     args.out.mkdir(parents=True, exist_ok=True)
     checks = ("memorise", "lora", "generalise") if args.check == "all" else (args.check,)
+    epochs = args.epochs
     for check in checks:
+        args.epochs = epochs if epochs is not None else {"memorise": 60, "generalise": 4}.get(check)
         {"memorise": memorise, "lora": lora, "generalise": generalise}[check](args)
     return 0
 
