@@ -136,3 +136,16 @@ def test_detect_creates_a_catalogue(horsehead, vlm):
     assert 1 <= len(results) <= 5
     catalog = next(d for d in dc if d.label.endswith("sources (AstroVLM)"))
     assert "vlm_label" in [c.label for c in catalog.components]
+
+
+def test_same_object_in_a_glue_jupyter_app(fits_dir, tiny_smolvlm_dir, tmp_path, monkeypatch):
+    """The scripting object works unchanged on a glue-jupyter application's data collection."""
+    gj = pytest.importorskip("glue_jupyter")
+    monkeypatch.setenv("ASTROVLM_CONFIG_DIR", str(tmp_path / "config"))
+    app = gj.jglue()
+    loaded = app.load_data(str(fits_dir / "HorseHead.fits"))
+    image = loaded[0] if isinstance(loaded, list) else loaded
+    _box(app.data_collection, image, "jupyter box")
+    vlm = GlueVLM(app.data_collection, VLMSession(str(tiny_smolvlm_dir), dtype="float32"))
+    result = vlm.classify("jupyter box", preset="radio-morphology")
+    assert app.data_collection.subset_groups[0].label == f"jupyter box [AstroVLM: {result.short_label()}]"
