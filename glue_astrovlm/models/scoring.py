@@ -8,9 +8,9 @@ where ``prefix`` is the chat-templated image and prompt up to the assistant turn
 token sequence of the assistant's answer ``k`` up to and including its end-of-turn token (so that
 ``FRI`` and ``FRII`` are compared as complete answers, not as prefixes of each other).
 
-The prefix is run once per image with the KV cache on; the cache is then repeated K times and all
-K continuations of all images in the batch are scored in one more forward pass of at most
-``max(len(c_k))`` tokens. `score_labels_bruteforce` is the plain reference: one full forward pass per
+The prefix is run once per image with the KV cache on; all K continuations of an image are then
+scored in one more forward pass, as one sequence with a tree-shaped attention mask (each label's
+tokens see the prefix and their own earlier tokens only). `score_labels_bruteforce` is the plain reference: one full forward pass per
 label.
 """
 
@@ -63,8 +63,37 @@ def continuation_logprobs(first_logits, cont_logits, continuations: Sequence[Seq
     return total.reshape(n)
 
 
+#: Models whose rotary positions are 3-D (multimodal RoPE): continuations are scored with the repeated
+#: cache there, since explicit 1-D position ids would be wrong for them.
+_MROPE_MODELS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"}
+
+
+def _tree_inputs(continuations: Sequence[Sequence[int]], prefix_len: int):
+    """All continuations (minus their last token) as one sequence, with each token's position and a
+    mask letting it see the prefix and the earlier tokens of its own continuation only."""
+    import torch
+
+    tokens, positions, owner = [], [], []
+    for k, cont in enumerate(continuations):
+        for j, token in enumerate(cont[:-1]):
+            tokens.append(token)
+            positions.append(prefix_len + j)
+            owner.append(k)
+    owner_t = torch.tensor(owner)
+    offset = torch.tensor(positions)
+    same = owner_t[:, None] == owner_t[None, :]
+    causal = offset[None, :] <= offset[:, None]
+    allowed = torch.cat([torch.ones(len(tokens), prefix_len, dtype=torch.bool), same & causal], dim=1)
+    return tokens, positions, owner, allowed
+
+
 def score_labels_cached(model, prefix_inputs: dict, continuations: Sequence[Sequence[int]], pad_id: int):
     """Log-likelihood of every continuation for every prefix in a batch, reusing the prefix KV cache.
+
+    The prefix (image and prompt) runs once per image. All K continuations of an image are then
+    scored in one more forward pass as a single sequence whose 4-D attention mask lets each token see
+    the prefix and its own continuation only (a "tree"), so the cache is neither copied K times nor
+    padded.
 
     Parameters
     ----------
@@ -75,13 +104,47 @@ def score_labels_cached(model, prefix_inputs: dict, continuations: Sequence[Sequ
     continuations : list of list of int
         The K label continuations (token ids), shared by all prefixes.
     pad_id : int
-        Token used to right-pad continuations (never scored).
+        Token used to right-pad continuations where the cache is repeated instead (multimodal-RoPE models).
 
     Returns
     -------
     torch.Tensor
         ``(B, K)`` total log-probabilities.
     """
+    import torch
+
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in _MROPE_MODELS:
+        return _score_repeated_cache(model, prefix_inputs, continuations, pad_id)
+    with torch.inference_mode():
+        out = model(**prefix_inputs, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+        device = first.device
+        batch, prefix_len = prefix_inputs["input_ids"].shape
+        first_ids = torch.tensor([c[0] for c in continuations], device=device)
+        scores = first[:, first_ids]  # (B, K)
+        tokens, positions, owner, allowed = _tree_inputs(continuations, prefix_len)
+        if not tokens:
+            return scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = mask.to(device)[None, None].expand(batch, 1, *allowed.shape)
+        ids = torch.tensor(tokens, device=device)[None].expand(batch, -1)
+        position_ids = torch.tensor(positions, device=device)[None].expand(batch, -1)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                       past_key_values=out.past_key_values, use_cache=True).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+        next_ids = torch.tensor([continuations[k][positions[t] - prefix_len + 1] for t, k in enumerate(owner)],
+                                device=device)
+        token_logp = logp.gather(2, next_ids[None, :, None].expand(batch, -1, 1)).squeeze(2)  # (B, T)
+        owner_t = torch.tensor(owner, device=device)
+        scores = scores.index_add(1, owner_t, token_logp)
+    return scores
+
+
+def _score_repeated_cache(model, prefix_inputs: dict, continuations: Sequence[Sequence[int]], pad_id: int):
+    """`score_labels_cached` for models with 3-D rotary positions: the prefix cache is repeated K
+    times and the right-padded continuations run as a batch of B*K rows."""
     import torch
 
     k = len(continuations)
