@@ -134,7 +134,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="LoRA adapter directory (safetensors); repeat for several, the first is used")
     group.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the first available)")
     group.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bf16 on GPU, measured on CPU)")
-    group.add_argument("--batch-size", type=int, help="images per forward pass (default 16 GPU, 4 CPU)")
+    group.add_argument("--batch-size", type=int, help="images per forward pass (default 16 GPU, 1 CPU)")
     group.add_argument("--tiling", choices=("single", "default"), default="single",
                        help="image tokens per cutout: one tile (default) or the processor's own tiling")
     group.add_argument("--trust-remote-code", action="store_true",
