@@ -462,7 +462,7 @@ def _id_list(ids: Sequence[str], limit: int = 20) -> str:
 def cutouts_from_catalog(source, table, *, size, ra_col: str | None = None, dec_col: str | None = None,
                          x_col: str | None = None, y_col: str | None = None, id_col: str | None = None,
                          skip_outside: bool = False, stretch: Stretch = DEFAULT_STRETCH,
-                         cube: dict | None = None) -> list[Cutout]:
+                         cube: dict | None = None, limit: int | None = None) -> list[Cutout]:
     """One cutout per catalogue row, centred on the row's position.
 
     Parameters
@@ -488,6 +488,9 @@ def cutouts_from_catalog(source, table, *, size, ra_col: str | None = None, dec_
         How values become display levels.
     cube : dict, optional
         For a cube: arguments of :func:`~glue_astrovlm.cubes.reduce_cube`.
+    limit : int, optional
+        Stop after this many cutouts (for a preview of a long catalogue); rows after them are not
+        read or checked for blank pixels.
 
     Returns
     -------
@@ -523,6 +526,8 @@ def cutouts_from_catalog(source, table, *, size, ra_col: str | None = None, dec_
     ny, nx = _pixel_size(source, size)
     cutouts, blank_ids = [], []
     for row in np.flatnonzero(inside):
+        if limit is not None and len(cutouts) >= limit:
+            break
         data, wcs, bbox = _extract(source, x[row], y[row], ny, nx)
         if not _has_finite(data):
             blank_ids.append(ids[row])

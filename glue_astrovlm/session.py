@@ -120,6 +120,22 @@ class VLMSession:
                 remember_model(self._model_spec, self._adapter)
             return self._vlm
 
+    def warm_up(self) -> Future:
+        """Import torch and transformers on the worker thread, ahead of the first task.
+
+        Importing torch runs its C++ start-up while holding Python's lock (about 0.2 s on a 2-core VM),
+        which stalls any GUI in the process, whichever thread imports it. Front ends call this when
+        their panel opens, so that the stall happens then, and not while the user waits for a result.
+        Nothing is imported for a server URL.
+        """
+        def imports():
+            if "://" in self._model_spec:
+                return
+            import torch  # noqa: F401
+            from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401
+
+        return self._executor.submit(imports)
+
     def load_in_background(self) -> Future:
         """Start loading the model on the session's worker thread; returns a `Future` of the VLM."""
         return self._executor.submit(self.vlm)
@@ -128,12 +144,19 @@ class VLMSession:
             progress: Callable[[int, int], None] | None = None, max_new_tokens: int = 128) -> list[Result]:
         """Run ``'classify'``, ``'ask'`` or ``'describe'`` on cutouts (blocking) and record the results.
 
+        ``cutouts`` may also be a callable that returns them: it is called here, so that with `submit`
+        the pixel work (reading, reducing a cube, stretching) happens on the worker thread as well.
+
         Cancellation: `cancel` (from any thread) stops between batches and raises
         `~glue_astrovlm.OperationCancelled` with the finished results, which are recorded too.
         """
         from .models.base import OperationCancelled
 
         self.cancel_event.clear()
+        if callable(cutouts):
+            cutouts = cutouts()
+        if progress is not None:
+            progress(0, len(cutouts))
         vlm = self.vlm()
         try:
             if task == "classify":

@@ -287,6 +287,15 @@ def test_catalogue_rows_outside_raise_or_are_skipped(horsehead, caplog):
         cutouts_from_catalog(horsehead, Table({"flux": [1.0]}), size=8)
 
 
+def test_catalogue_limit_stops_after_the_first_valid_rows(horsehead):
+    table = Table({"id": ["out", "a", "b", "c"], "x": [-100.0, 10.0, 20.0, 30.0], "y": [10.0, 10.0, 10.0, 10.0]})
+    first = cutouts_from_catalog(horsehead, table, size=8, skip_outside=True, limit=2)
+    every = cutouts_from_catalog(horsehead, table, size=8, skip_outside=True)
+    assert [c.provenance.source_id for c in first] == ["a", "b"]
+    assert [c.provenance.source_id for c in every] == ["a", "b", "c"]
+    np.testing.assert_array_equal(first[1].data, every[1].data)
+
+
 def test_whole_image_small_and_block_averaged(horsehead, horsehead_raw, fits_dir):
     full = whole_image(horsehead)
     np.testing.assert_array_equal(full.data, horsehead_raw)

@@ -151,15 +151,20 @@ def catalog_table(catalog):
 
 
 def cutouts_from_catalog_data(image_data, catalog, *, size=64, attribute=None, cube: dict | None = None,
-                              stretch: Stretch = DEFAULT_STRETCH, skip_outside: bool = True) -> list[Cutout]:
-    """One cutout per catalogue source that falls on ``image_data``; each keeps its catalogue row index."""
+                              stretch: Stretch = DEFAULT_STRETCH, skip_outside: bool = True,
+                              limit: int | None = None) -> list[Cutout]:
+    """One cutout per catalogue source that falls on ``image_data``; each keeps its catalogue row index.
+
+    ``limit`` stops after that many cutouts (the panel's thumbnail needs only the first).
+    """
     from dataclasses import replace
 
     from ..cutouts import cutouts_from_catalog
 
     source = image_source_from_data(image_data, attribute, cube=cube)
     table = catalog_table(catalog)
-    cutouts = cutouts_from_catalog(source, table, size=size, stretch=stretch, skip_outside=skip_outside)
+    cutouts = cutouts_from_catalog(source, table, size=size, stretch=stretch, skip_outside=skip_outside,
+                                   limit=limit)
     out = []
     for cutout in cutouts:
         row = int(table["_row"][cutout.provenance.extra.get("row", 0)])

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from ..errors import AstroVLMError
 from ..results import Result
 from ..session import VLMSession
@@ -103,13 +105,17 @@ class GlueVLM:
             return cutout_from_subset(self._subset(subset, data), attribute=attribute, cube=cube,
                                       outside=self.outside, stretch=self.stretch)
         if view is not None:
-            state = view.state
-            layer_data = self._data(data) if data is not None else state.reference_data
-            if cube is None and layer_data.ndim == 3:
-                cube = {"mode": "slice", "index": int(state.slices[0])}
-            return cutout_from_view(layer_data, state.x_min, state.x_max, state.y_min, state.y_max,
-                                    attribute=attribute, cube=cube, stretch=self.stretch)
+            layer_data, bounds, cube = self._view_choice(view, data, cube)
+            return cutout_from_view(layer_data, *bounds, attribute=attribute, cube=cube, stretch=self.stretch)
         raise AstroVLMError("Say what to send: subset=..., or view=<an image viewer>.")
+
+    def _view_choice(self, view, data=None, cube: dict | None = None):
+        """What a viewer shows, read now (GUI thread): (data, (x_min, x_max, y_min, y_max), cube)."""
+        state = view.state
+        layer_data = self._data(data) if data is not None else state.reference_data
+        if cube is None and layer_data.ndim == 3:
+            cube = {"mode": "slice", "index": int(state.slices[0])}
+        return layer_data, (state.x_min, state.x_max, state.y_min, state.y_max), cube
 
     def ask(self, question: str, subset=None, *, data=None, view=None, attribute=None, cube: dict | None = None,
             max_new_tokens: int = 128, progress=None) -> Result:
@@ -162,6 +168,19 @@ class GlueVLM:
         writeback.store_results(self.data_collection, results)
 
     def _detect(self, image, attribute, cube, nsigma, max_sources):
+        catalog = self._detections(image, attribute, cube, nsigma, max_sources)
+        self._add_detections(catalog)
+        return catalog
+
+    def _add_detections(self, catalog) -> None:
+        """Put a detections dataset into the collection, replacing the last one of the same image."""
+        for existing in [d for d in self.data_collection if d.label == catalog.label]:
+            self.data_collection.remove(existing)
+        self.data_collection.append(catalog)
+
+    @staticmethod
+    def _detections(image, attribute, cube, nsigma, max_sources):
+        """Detect sources on ``image`` as a new glue dataset (not yet in the collection; any thread)."""
         from glue.core import Data
 
         from ..detect import detect_sources
@@ -170,15 +189,12 @@ class GlueVLM:
         table = detect_sources(image_source_from_data(image, attribute, cube=cube), nsigma=nsigma,
                                max_sources=max_sources)
         label = f"{image.label} sources (AstroVLM)"
-        for existing in [d for d in self.data_collection if d.label == label]:
-            self.data_collection.remove(existing)
         columns = {name: table[name] for name in ("id", "xcentroid", "ycentroid") if name in table.colnames}
         for name in ("ra", "dec"):
             if name in table.colnames:
                 columns[name] = table[name]
-        catalog = Data(label=label, **{k: __import__("numpy").asarray(v) for k, v in columns.items()})
+        catalog = Data(label=label, **{k: np.asarray(v) for k, v in columns.items()})
         catalog.meta["astrovlm"] = "detections"
-        self.data_collection.append(catalog)
         return catalog
 
     # outputs -------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ def store_results(data_collection, results: Sequence[Result], *, replace: bool =
     """
     from astropy.table import vstack
     from glue.core import Data
+    from glue.core.component import CategoricalComponent
 
     if not results:
         raise AstroVLMError("There are no results to store.")
@@ -72,7 +73,12 @@ def store_results(data_collection, results: Sequence[Result], *, replace: bool =
     existing = _results_data(data_collection)
     if existing is not None:
         if not replace:
-            table = vstack([results_data_table(existing), table], join_type="outer")
+            earlier = results_data_table(existing)
+            for name in set(earlier.colnames) & set(table.colnames):
+                if earlier[name].dtype.kind != table[name].dtype.kind:  # e.g. ids "7" stored by older sessions
+                    earlier[name] = earlier[name].astype(str)
+                    table[name] = table[name].astype(str)
+            table = vstack([earlier, table], join_type="outer")
         data_collection.remove(existing)
     columns = {}
     for name in table.colnames:
@@ -82,7 +88,8 @@ def store_results(data_collection, results: Sequence[Result], *, replace: bool =
         columns[name] = values.astype(str) if values.dtype.kind in "OUS" else values
     data = Data(label=RESULTS_LABEL)
     for name, values in columns.items():  # one by one: a column may be called "label"
-        data.add_component(values, name)
+        # text stays text: glue would turn ids such as "007" into the number 7
+        data.add_component(CategoricalComponent(values) if values.dtype.kind == "U" else values, name)
     data.meta["astrovlm"] = "results"
     data_collection.append(data)
     return data
@@ -93,7 +100,11 @@ def results_data_table(data):
     from astropy.table import Table
 
     names = [c.label for c in data.main_components]
-    return Table({name: np.asarray(data[name]) for name in names})
+    columns = {}
+    for name in names:
+        values = np.asarray(data[name])
+        columns[name] = values.astype(str) if values.dtype.kind == "O" else values
+    return Table(columns)
 
 
 def _set_component(data, name: str, values) -> None:

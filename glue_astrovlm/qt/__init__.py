@@ -58,6 +58,7 @@ def open_panel(application):
         _PANELS[id(application)] = panel
         _inject_into_terminal(application, vlm)
         application.destroyed.connect(lambda *_: _PANELS.pop(id(application), None))
+        panel.warm_up = vlm.session.warm_up()  # the one unavoidable stall (importing torch) happens now
     panel.dock.show()
     panel.dock.raise_()
     panel.refresh()

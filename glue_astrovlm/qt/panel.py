@@ -284,31 +284,54 @@ class AstroVLMPanel(QWidget):
         self.vlm.stretch = self._stretch()
         self.vlm.outside = self.outside_combo.currentText()
 
-    def preview_cutout(self):
-        """The cutout the model would see for the current choices (the first one when tagging)."""
+    def _cutout_maker(self, limit: int | None = None):
+        """Read the panel's choices now (GUI thread); return a function that makes the cutouts.
+
+        The function does the pixel work (reading, cube reduction, stretching, source detection) and
+        touches no widget and no data collection, so `run` can call it on the worker thread. It returns
+        ``(cutouts, new_catalog)``, ``new_catalog`` being a detections dataset still to be added.
+        """
+        from ..glue_bridge.cutouts import cutout_from_subset, cutout_from_view, cutouts_from_catalog_data
+
         self._apply_choices()
         source = self.source_combo.currentText()
         data = self._data()
         if data is None:
             raise AstroVLMError("Load an image or cube into glue first.")
+        cube, stretch, outside = self._cube(), self.vlm.stretch, self.vlm.outside
         if source == "Subset":
             if not self.subset_combo.currentText():
                 raise AstroVLMError("There is no subset: draw one on the image first.")
-            return self.vlm.cutout(self.subset_combo.currentText(), data=data, cube=self._cube())
+            subset = self.vlm._subset(self.subset_combo.currentText(), data)
+            return lambda: ([cutout_from_subset(subset, cube=cube, outside=outside, stretch=stretch)], None)
         if source == "Current view":
             viewer = self._image_viewer()
             if viewer is None:
                 raise AstroVLMError(f"Open {data.label} in an image viewer to send the current view.")
-            return self.vlm.cutout(data=data, view=viewer, cube=self._cube())
+            layer_data, bounds, cube = self.vlm._view_choice(viewer, data, cube)
+            return lambda: ([cutout_from_view(layer_data, *bounds, cube=cube, stretch=stretch)], None)
+        size = self.size_spin.value()
         if source == "Catalogue sources":
-            from ..glue_bridge.cutouts import cutouts_from_catalog_data
+            if not self.catalog_combo.currentText():
+                raise AstroVLMError("Load a catalogue (a table with ra/dec or x/y columns) into glue first, "
+                                    "or choose 'Detected sources'.")
+            catalog = self.vlm._data(self.catalog_combo.currentText())
+            return lambda: (cutouts_from_catalog_data(data, catalog, size=size, cube=cube, stretch=stretch,
+                                                      limit=limit), None)
 
-            catalog = self.vlm._data(self.catalog_combo.currentText()) if self.catalog_combo.currentText() else None
-            if catalog is None:
-                raise AstroVLMError("Load a catalogue (a table with ra/dec or x/y columns) into glue first.")
-            return cutouts_from_catalog_data(data, catalog, size=self.size_spin.value(), cube=self._cube(),
-                                             stretch=self.vlm.stretch)[0]
-        return None  # detected sources: known after detection
+        def detect_then_cut():
+            catalog = self.vlm._detections(data, None, cube, 5.0, 200)
+            return cutouts_from_catalog_data(data, catalog, size=size, cube=cube, stretch=stretch), catalog
+
+        return detect_then_cut
+
+    def preview_cutout(self):
+        """The cutout the model would see for the current choices (the first one when tagging)."""
+        if self.source_combo.currentText() == "Detected sources":
+            self._apply_choices()
+            return None  # known after detection, which runs with the task
+        cutouts, _ = self._cutout_maker(limit=1)()
+        return cutouts[0]
 
     def update_thumbnail(self, *_):
         try:
@@ -356,57 +379,57 @@ class AstroVLMPanel(QWidget):
             self.message.setText("Model loaded.")
 
     def run(self) -> None:
-        """Start the selected task in the background (progress below; Cancel stops after the current batch)."""
+        """Start the selected task in the background (progress below; Cancel stops after the current batch).
+
+        Only the choices are read here; cutting out, detection, model loading and inference all run on
+        the session's worker thread, and results are written back on the GUI thread.
+        """
         if self._running is not None:
             return
         try:
             self._sync_model()
-            task, context = self._prepare()
+            task, context, make_cutouts = self._prepare()
         except AstroVLMError as error:
             self._show_error(error)
             return
         self._running = (task, context)
         self._busy(True, f"Running {task}…")
-        self.progress.setRange(0, len(context["cutouts"]))
-        self.progress.setValue(0)
+        self.progress.setRange(0, 0)  # busy until the cutouts are counted
         session_task = "ask" if task == "ask" else "classify"
         options = {"question": context.get("question")} if task == "ask" else {"labels": context.get("labels")}
-        future = self.vlm.session.submit(session_task, context["cutouts"],
+
+        def cutouts():
+            made, new_catalog = make_cutouts()
+            if new_catalog is not None:
+                context["catalog"] = context["new_catalog"] = new_catalog
+            return made
+
+        future = self.vlm.session.submit(session_task, cutouts,
                                          progress=lambda done, total: self.signals.progress.emit(done, total),
                                          **options)
         future.add_done_callback(self._finished)
 
     def _prepare(self):
+        """The task, what the write-back will need, and the cutout maker; raises if a choice is missing."""
         task = self.task
-        data = self._data()
-        if data is None:
-            raise AstroVLMError("Load an image or cube into glue first.")
-        self._apply_choices()
-        if task == "tag":
-            labels = self._labels()
-            source = self.source_combo.currentText()
-            if source == "Detected sources":
-                catalog = self.vlm._detect(data, None, self._cube(), 5.0, 200)
-            else:
-                if not self.catalog_combo.currentText():
-                    raise AstroVLMError("Choose a catalogue dataset, or 'Detected sources'.")
-                catalog = self.vlm._data(self.catalog_combo.currentText())
-            from ..glue_bridge.cutouts import cutouts_from_catalog_data
-
-            cutouts = cutouts_from_catalog_data(data, catalog, size=self.size_spin.value(), cube=self._cube(),
-                                                stretch=self.vlm.stretch)
-            return task, {"cutouts": cutouts, "labels": labels, "image": data, "catalog": catalog}
-        cutout = self.preview_cutout()
-        if cutout is None:
+        if task == "ask" and not self.question_edit.text().strip():
+            raise AstroVLMError("Type a question first.")
+        if task == "tag" and self.source_combo.currentText() not in ("Catalogue sources", "Detected sources"):
+            raise AstroVLMError("Tagging needs sources: choose 'Catalogue sources' or 'Detected sources'.")
+        if task != "tag" and self.source_combo.currentText() not in ("Subset", "Current view"):
             raise AstroVLMError("Choose a subset or the current view for this task.")
+        make_cutouts = self._cutout_maker()
+        data = self._data()
         if task == "ask":
-            question = self.question_edit.text().strip()
-            if not question:
-                raise AstroVLMError("Type a question first.")
-            return task, {"cutouts": [cutout], "question": question}
-        return task, {"cutouts": [cutout], "labels": self._labels(), "image": data,
-                      "subset": self.subset_combo.currentText() if self.source_combo.currentText() == "Subset"
-                      else None}
+            return task, {"question": self.question_edit.text().strip()}, make_cutouts
+        context = {"labels": self._labels(), "image": data}
+        if task == "tag":
+            if self.source_combo.currentText() == "Catalogue sources":
+                context["catalog"] = self.vlm._data(self.catalog_combo.currentText())
+            return task, context, make_cutouts
+        if self.source_combo.currentText() == "Subset":
+            context["subset"] = self.subset_combo.currentText()
+        return task, context, make_cutouts
 
     def _finished(self, future) -> None:  # worker thread: hand over to the GUI thread
         error = future.exception()
@@ -447,6 +470,8 @@ class AstroVLMPanel(QWidget):
     def _write_back(self, task, context, results) -> None:
         self._last_results = list(results)
         dc = self.vlm.data_collection
+        if context.get("new_catalog") is not None:
+            self.vlm._add_detections(context.pop("new_catalog"))
         if task == "tag":
             self.vlm.write_tags(context["image"], context["catalog"], results, context["labels"].labels)
             self._fill_tag_table(results)

@@ -523,9 +523,14 @@ def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=No
     resumed_from = _resume_point(stage_dir, resume)
     if resumed_from:
         log.info("Resuming from %s", resumed_from)
+    cuda = vlm.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     output = trainer.train(resume_from_checkpoint=resumed_from)
     history += _history(trainer)
     seconds = time.perf_counter() - began
+    speed = (output.metrics or {}).get("train_samples_per_second")
+    peak_gpu_mb = round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None
     model_obj = trainer.model
     model_obj.eval()
     model_obj.config.use_cache = True
@@ -553,6 +558,8 @@ def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=No
         "validation": validation,
         "history": history,
         "train_seconds": round(seconds, 1),
+        "train_examples_per_second": round(float(speed), 2) if speed is not None else None,
+        "peak_gpu_memory_mb": peak_gpu_mb,
         "device": vlm.device, "precision": "bf16 autocast" if trainer.args.bf16 else "float32",
         "glue_astrovlm_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -57,7 +57,12 @@ def model_card(record: dict) -> str:
               f"| training loss: mean over the run, last logged | {_fmt(record['train_loss'])}, "
               f"{_fmt(record.get('final_loss'))} |",
               f"| device, precision | {record['device']}, {record['precision']} |",
-              f"| training time | {record['train_seconds']:.0f} s |", ""]
+              f"| training time | {record['train_seconds']:.0f} s |"]
+    if record.get("train_examples_per_second"):
+        lines.append(f"| training speed | {record['train_examples_per_second']:.2f} examples/s |")
+    if record.get("peak_gpu_memory_mb"):
+        lines.append(f"| peak GPU memory | {record['peak_gpu_memory_mb']:,} MB |")
+    lines.append("")
     if record.get("validation"):
         lines += ["## Validation", "", "Scored as `astrovlm eval` does (label likelihoods), best epoch kept:", ""]
         lines += [f"- {key}: {_fmt(value)}" for key, value in record["validation"].items()]

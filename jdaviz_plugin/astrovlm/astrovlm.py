@@ -352,12 +352,14 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
     def vue_update_thumbnail(self, *args):
         self._update_thumbnail()
 
+    def _tag_options(self, cube, first_rows=None) -> dict:
+        return dict(source=self.tag_source.selected, catalog=self.catalog.selected,
+                    table_file=self.table_file.strip() or None, viewer=self._viewer(),
+                    size=int(self.cutout_size), cube=cube, stretch=self._stretch(),
+                    nsigma=float(self.nsigma), max_sources=int(self.max_sources), first_rows=first_rows)
+
     def _tag_cutouts(self, data, cube, first_rows=None):
-        return selection.tag_cutouts(self._app, data, self.tag_source.selected, catalog=self.catalog.selected,
-                                     table_file=self.table_file.strip() or None, viewer=self._viewer(),
-                                     size=int(self.cutout_size), cube=cube, stretch=self._stretch(),
-                                     nsigma=float(self.nsigma), max_sources=int(self.max_sources),
-                                     first_rows=first_rows)
+        return selection.tag_cutouts(self._app, data, **self._tag_options(cube, first_rows))
 
     # ------------------------------------------------------------------------------ tasks
     def ask(self, question: str | None = None, *, cube: dict | None = None, wait: bool = True):
@@ -450,8 +452,14 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         context = {"task": task, "data": data, "cube": cube}
         if task == "tag":
             context["labels"] = self._label_set()
-            cutouts, catalog = self._tag_cutouts(data, cube)
-            context.update(cutouts=cutouts, catalog=catalog)
+            options = self._tag_options(cube)  # read the plugin's choices now, on the kernel's thread
+
+            def make_cutouts():  # on the session's worker: reading, detection and stretching of every source
+                cutouts, catalog = selection.tag_cutouts(self._app, data, **options)
+                context.update(cutouts=cutouts, catalog=catalog)
+                return cutouts
+
+            context["make_cutouts"] = make_cutouts
             return context
         if self.send.selected == selection.SEND_SUBSET:
             cutout = selection.subset_cutout(self._app, data, self.subset.selected, cube=cube,
@@ -475,9 +483,11 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         except Exception as error:
             raise self._report_error(error)
         loop = None if wait else _running_loop()
-        self._set_running(True, f"Running {task} on {len(context['cutouts'])} cutout(s)...")
-        thumbnail_cutout = context["cutouts"][0]
-        self.thumbnail = _thumbnail(thumbnail_cutout)
+        if "cutouts" in context:
+            self._set_running(True, f"Running {task} on {len(context['cutouts'])} cutout(s)...")
+            self.thumbnail = _thumbnail(context["cutouts"][0])
+        else:
+            self._set_running(True, f"Preparing the sources to {task}...")
         options = ({"question": context["question"]} if task == "ask" else {"labels": context["labels"]})
         if loop is None:
             progress = self._on_progress
@@ -485,7 +495,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             def progress(done, total):
                 loop.call_soon_threadsafe(self._on_progress, done, total)
         session_task = "ask" if task == "ask" else "classify"
-        future = self.vlm_session.submit(session_task, context["cutouts"], progress=progress, **options)
+        future = self.vlm_session.submit(session_task, context.get("make_cutouts") or context["cutouts"],
+                                         progress=progress, **options)
         self._future = future
         if loop is not None:
             future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finish, context, f))
@@ -517,7 +528,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             self._report_error(write_error)
             return results
         if isinstance(error, OperationCancelled):
-            self._report(f"Cancelled: {len(results)} of {len(context['cutouts'])} result(s) kept.", "warning")
+            self._report(f"Cancelled: {len(results)} of {len(context.get('cutouts', results))} result(s) kept.",
+                         "warning")
         elif error is not None:
             self._report_error(error)
         return results
