@@ -384,6 +384,9 @@ def build_decision_pipeline(vlm) -> tuple[object | None, object | None, dict]:
     processor = copy.deepcopy(vlm.processor)
     for key, value in vlm.processor_kwargs.items():
         if hasattr(processor.image_processor, key):
+            current = getattr(processor.image_processor, key)
+            if isinstance(value, dict) and not isinstance(current, dict):  # e.g. size is a SizeDict
+                value = type(current)(**value)
             setattr(processor.image_processor, key, value)
     info["processor_settings"] = dict(vlm.processor_kwargs)
     probe = {"state": "[cutout]", "questions": {"q": {"type": "choice", "criteria": {"a": None, "b": None}}},

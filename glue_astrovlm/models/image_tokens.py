@@ -25,7 +25,14 @@ _SINGLE_TILE = {
 }
 
 
-def processor_kwargs_for(model_type: str, tiling: str = "single", overrides: dict | None = None) -> dict:
+#: model types whose single tile is first upscaled to ``size['longest_edge']`` (2048 px for SmolVLM)
+#: and then resized again to the tile: asking for the tile size directly gives the same tile
+#: (mean |difference| ~1e-5 of the range) with 10x less preprocessing, which dominates on a GPU.
+_RESIZE_TO_TILE = ("idefics3", "smolvlm")
+
+
+def processor_kwargs_for(model_type: str, tiling: str = "single", overrides: dict | None = None,
+                         processor=None) -> dict:
     """Keyword arguments for the processor call that fix the number of image tokens per cutout.
 
     Parameters
@@ -37,11 +44,17 @@ def processor_kwargs_for(model_type: str, tiling: str = "single", overrides: dic
         processor's own tiling. Models with a fixed token count (LLaVA-1.5: 576) ignore it.
     overrides : dict, optional
         Extra processor arguments from the user; they win.
+    processor : optional
+        The model's processor, for settings that depend on it (SmolVLM's tile size).
     """
     from ..errors import AstroVLMError
 
     if tiling not in TILING_CHOICES:
         raise AstroVLMError(f"Unknown tiling {tiling!r}; use one of {', '.join(TILING_CHOICES)}.")
     kwargs = dict(_SINGLE_TILE.get(model_type, {})) if tiling == "single" else {}
+    if tiling == "single" and model_type in _RESIZE_TO_TILE:
+        tile = (getattr(getattr(processor, "image_processor", None), "max_image_size", None) or {}).get("longest_edge")
+        if tile:
+            kwargs["size"] = {"longest_edge": int(tile)}
     kwargs.update(overrides or {})
     return kwargs

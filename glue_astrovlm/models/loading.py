@@ -156,7 +156,7 @@ def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_k
     model.to(device).eval()
     from .local import LocalVLM
 
-    kwargs = processor_kwargs_for(config.model_type, tiling, processor_kwargs)
+    kwargs = processor_kwargs_for(config.model_type, tiling, processor_kwargs, processor=processor)
     vlm = LocalVLM(model, processor, spec, device=device, dtype=torch_dtype,
                    batch_size=batch_size or (16 if device != "cpu" else 1), processor_kwargs=kwargs)
     log.info("Loaded %s (%s) on %s as %s; processor %s", spec, config.model_type, device,

@@ -12,7 +12,6 @@ from ..errors import AstroVLMError
 from ..labelsets import LabelSet
 from .base import VLM, ModelImage, OperationCancelled, classification_result, text_result
 from .devices import pick_device, pick_dtype
-from .image_tokens import processor_kwargs_for
 from .scoring import score_labels_cached
 
 __all__ = ["LocalVLM"]

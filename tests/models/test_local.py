@@ -95,6 +95,22 @@ def test_default_tiling_costs_many_more_tokens(tiny_smolvlm_dir):
         load_model(tiny_smolvlm_dir, dtype="float32", tiling="many")
 
 
+def test_single_tile_is_resized_once_to_the_tile(tiny_smolvlm):
+    """SmolVLM's processor would upscale a cutout to 2048 px and shrink it again to the 512-px tile."""
+    from PIL import Image
+
+    processor = tiny_smolvlm.processor
+    assert tiny_smolvlm.processor_kwargs == {"do_image_splitting": False, "size": {"longest_edge": 512}}
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 300, 3), dtype=np.uint8))
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], add_generation_prompt=True)
+    ours = processor(text=[text], images=[[image]], return_tensors="pt", **tiny_smolvlm.processor_kwargs)
+    twice = processor(text=[text], images=[[image]], return_tensors="pt", do_image_splitting=False)
+    assert ours["pixel_values"].shape == twice["pixel_values"].shape == (1, 1, 3, 512, 512)
+    assert (ours["input_ids"] == twice["input_ids"]).all()
+    difference = (ours["pixel_values"] - twice["pixel_values"]).abs()
+    assert float(difference.mean()) < 0.02 and float(difference.max()) < 0.5  # resampling noise only
+
+
 def test_ask_and_describe_return_text(tiny_smolvlm, images):
     answers = tiny_smolvlm.ask(images[:2], "Is there a jet?", max_new_tokens=4)
     assert len(answers) == 2 and all(isinstance(a.answer, str) for a in answers)
