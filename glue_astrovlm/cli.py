@@ -93,6 +93,15 @@ def _adapter_arg(values):
     return adapters
 
 
+def _has_finetune_record(args) -> bool:
+    """Whether the first --adapter, or else the --model folder, was written by `astrovlm finetune`."""
+    from .evaluation import read_finetune_record
+
+    adapters = _adapter_arg(getattr(args, "adapter", None))
+    where = next(iter(adapters.values())) if adapters else args.model
+    return Path(str(where)).expanduser().is_dir() and read_finetune_record(Path(str(where)).expanduser()) is not None
+
+
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="FITS (also .fits.gz/.bz2/.fz), PNG or JPEG; 'R.fits,G.fits,B.fits' for "
                                      "an RGB composite of three bands on one pixel grid")
@@ -162,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = sub.add_parser("classify", help="classify cutouts with calibrated label probabilities")
     _add_source_options(classify)
-    labels = classify.add_mutually_exclusive_group(required=True)
+    labels = classify.add_mutually_exclusive_group()
     labels.add_argument("--labels", nargs="+", metavar="LABEL",
-                        help="two or more labels, or one TOML/YAML label file")
+                        help="two or more labels, or one TOML/YAML label file (default: the labels a fine-tuned "
+                             "--model or --adapter was trained with)")
     labels.add_argument("--preset", help="a shipped label set (see `astrovlm presets`)")
     classify.add_argument("--question", help="replace the label set's question")
     _add_model_options(classify)
@@ -445,17 +455,23 @@ def _command_presets() -> int:
 
 def _command_run(args) -> int:
     _check_outputs_free(args)
-    labels = None
-    if args.command == "classify":
-        from .labelsets import resolve_labels
-
-        given = args.labels
-        if given and len(given) == 1 and Path(given[0]).suffix.lower() in {".toml", ".yaml", ".yml"}:
-            given = given[0]
-        labels = resolve_labels(given, args.preset, args.question)
+    labels = _labels_arg(args) if args.command == "classify" else None  # checked before any model work
+    if args.command == "classify" and labels is None and not _has_finetune_record(args):
+        raise AstroVLMError("Give --labels or --preset (see `astrovlm presets`). Only a model or adapter made by "
+                            "`astrovlm finetune` brings its own labels.")
     cutouts = build_cutouts(args)
     log.info("%d cutout(s) from %s", len(cutouts), args.file)
     vlm = _load(args)
+    if args.command == "classify" and labels is None:
+        from .evaluation import recorded_label_set
+
+        labels = recorded_label_set(vlm.trained_record())
+        if labels is None:
+            raise AstroVLMError("Give --labels or --preset: this model has no label set from `astrovlm finetune`.")
+        if args.question:
+            from .labelsets import resolve_labels
+
+            labels = resolve_labels(labels, question=args.question)
     if args.command == "classify":
         def call(chunk):
             return vlm.classify(chunk, labels)

@@ -109,6 +109,8 @@ class VLM(abc.ABC):
         ----------
         images : Cutout, array, PIL image or a sequence of them
         labels : LabelSet, list of str, dict of label -> description, or label-file path
+            Without ``labels`` and ``preset``, a fine-tuned model or active adapter uses the label
+            set it was trained with (`trained_record`).
         preset : str, optional
             A shipped label set instead of ``labels`` (see ``astrovlm presets``).
         question : str, optional
@@ -120,8 +122,20 @@ class VLM(abc.ABC):
             ``label``, ``confidence`` and ``probabilities`` (summing to 1) for every image; no image is
             skipped, because nothing is parsed from generated text.
         """
-        label_set = resolve_labels(labels, preset, question)
-        return self._classify(as_model_images(images), label_set, progress, cancel)
+        record = self.trained_record()
+        trained = _recorded_label_set(record)
+        if labels is None and preset is None and trained is not None:
+            label_set = resolve_labels(trained, question=question)
+        else:
+            label_set = resolve_labels(labels, preset, question)
+        model_images = as_model_images(images)
+        if record is not None:
+            _warn_if_unlike_training(record, trained, label_set, model_images)
+        return self._classify(model_images, label_set, progress, cancel)
+
+    def trained_record(self) -> dict | None:
+        """What ``astrovlm finetune`` recorded for the active adapter or fine-tuned model, if anything."""
+        return None
 
     @abc.abstractmethod
     def _generate(self, images: list[ModelImage], prompt: str, task: str, max_new_tokens: int,
@@ -161,3 +175,26 @@ def text_result(model_image: ModelImage, task: str, prompt: str, answer: str, mo
     return Result(task=task, provenance=model_image.provenance, answer=answer.strip(), prompt=prompt,
                   prompt_hash=hashlib.sha256(prompt.encode()).hexdigest()[:12], model=model, adapter=adapter,
                   stretch=model_image.stretch, image_tokens=image_tokens)
+
+
+def _recorded_label_set(record: dict | None):
+    from ..evaluation import recorded_label_set
+
+    return recorded_label_set(record)
+
+
+def _warn_if_unlike_training(record: dict, trained, label_set, images) -> None:
+    """Say when a fine-tuned model is used on labels or a stretch it was not trained with."""
+    if trained is not None and set(trained.labels) != set(label_set.labels):
+        log.warning("This adapter/model was fine-tuned to answer %s, not %s; its probabilities for other labels "
+                    "mean little. Leave out labels and preset to use the trained ones.",
+                    list(trained.labels), list(label_set.labels))
+    elif trained is not None and trained.prompt() != label_set.prompt():
+        log.warning("The labels match the fine-tuning but the question or descriptions differ from its "
+                    "training prompt; results may not reflect its training.")
+    stretch = record.get("stretch_text")
+    used = {image.stretch for image in images if image.stretch not in (None, "as given")}
+    if stretch and used and used != {stretch}:
+        log.warning("This adapter/model was fine-tuned on images scaled with %s, but these cutouts use %s; "
+                    "use the same stretch for results that reflect the training.", stretch,
+                    ", ".join(sorted(used)))

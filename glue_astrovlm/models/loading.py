@@ -159,6 +159,12 @@ def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_k
     kwargs = processor_kwargs_for(config.model_type, tiling, processor_kwargs, processor=processor)
     vlm = LocalVLM(model, processor, spec, device=device, dtype=torch_dtype,
                    batch_size=batch_size or (16 if device != "cpu" else 1), processor_kwargs=kwargs)
+    if path.is_dir():
+        from ..evaluation import read_finetune_record
+
+        record = read_finetune_record(path)  # a model written by `astrovlm finetune --method full`
+        if record is not None:
+            vlm._records[None] = record
     log.info("Loaded %s (%s) on %s as %s; processor %s", spec, config.model_type, device,
              str(torch_dtype).replace("torch.", ""), kwargs or "defaults")
     if adapter is not None:

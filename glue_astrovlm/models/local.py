@@ -56,6 +56,7 @@ class LocalVLM(VLM):
         self.processor_kwargs = dict(processor_kwargs)
         self.adapter = None
         self._adapters: list[str] = []
+        self._records: dict[str | None, dict] = {}  # astrovlm finetune's record per adapter (None: the model)
         self._continuation_cache: dict[tuple, list[list[int]]] = {}
         self.last_image_tokens: int | None = None
         if self.tokenizer.pad_token_id is None:
@@ -96,6 +97,11 @@ class LocalVLM(VLM):
             self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         self.model.eval()
         self._adapters.append(name)
+        from ..evaluation import read_finetune_record
+
+        record = read_finetune_record(path)
+        if record is not None:
+            self._records[name] = record
         log.info("Loaded adapter %r from %s", name, path)
         if activate:
             self.set_adapter(name)
@@ -110,6 +116,9 @@ class LocalVLM(VLM):
         self.adapter = name
         if name is not None:
             self.model.set_adapter(name)
+
+    def trained_record(self) -> dict | None:
+        return self._records.get(self.adapter) or (self._records.get(None) if self.adapter is None else None)
 
     def disable_adapter(self) -> None:
         """Use the base model (adapters stay loaded and can be switched back on)."""

@@ -182,6 +182,45 @@ def test_cancel_keeps_finished_results(qtbot, glue_app, fits_dir, tiny_smolvlm_d
     assert int((np.asarray(glue_app.data_collection["many"]["vlm_label"]) != "").sum()) == kept
 
 
+def test_current_view_of_a_real_image_viewer(qtbot, glue_app, fits_dir, tiny_smolvlm_dir):
+    from glue_qt.viewers.image import ImageViewer
+
+    image = _load(glue_app, fits_dir / "HorseHead.fits")
+    viewer = glue_app.new_data_viewer(ImageViewer, data=image)
+    viewer.state.aspect = "auto"  # keep the limits we set whatever the widget's shape
+    viewer.state.x_min, viewer.state.x_max = 199.5, 399.5
+    viewer.state.y_min, viewer.state.y_max = 299.5, 449.5
+    panel = _panel(glue_app, tiny_smolvlm_dir)
+    panel.refresh()
+    panel.data_combo.setCurrentText(image.label)
+    panel.source_combo.setCurrentText("Current view")
+    assert panel.preview_cutout().provenance.bbox == (200, 400, 300, 450)
+    panel.set_task("ask")
+    panel.question_edit.setText("What is in this field?")
+    panel.run()
+    viewer.state.x_min, viewer.state.x_max = 0, 50  # panning after Run must not change what was sent
+    _wait(qtbot, panel)
+    result = vlm_for(glue_app).results[-1]
+    assert result.task == "ask" and isinstance(result.answer, str)
+    assert result.provenance.bbox == (200, 400, 300, 450) and result.provenance.source_id == "view"
+    assert "What is in this field?" in panel.history.toPlainText()
+
+    # tagging, then clicking a row centres this viewer on the source
+    sky = image.coords.pixel_to_world([150, 600], [200, 650])
+    glue_app.data_collection.append(Data(label="two", ra=sky.ra.deg, dec=sky.dec.deg))
+    panel.refresh()
+    panel.source_combo.setCurrentText("Catalogue sources")
+    panel.catalog_combo.setCurrentText("two")
+    panel.size_spin.setValue(40)
+    panel.set_task("tag")
+    panel.run()
+    _wait(qtbot, panel)
+    panel.select_source(1)
+    centre_x = (viewer.state.x_min + viewer.state.x_max) / 2
+    centre_y = (viewer.state.y_min + viewer.state.y_max) / 2
+    assert abs(centre_x - 600) <= 1 and abs(centre_y - 650) <= 1
+
+
 def test_tag_detected_sources_adds_the_detections_after_the_run(qtbot, glue_app, fits_dir, tiny_smolvlm_dir):
     image = _load(glue_app, fits_dir / "HorseHead.fits")
     panel = _panel(glue_app, tiny_smolvlm_dir)

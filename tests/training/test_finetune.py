@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from glue_astrovlm import AstroVLMError, load_model, load_preset
+from glue_astrovlm import AstroVLMError, Stretch, load_model, load_preset
 from glue_astrovlm.cli import main
 from glue_astrovlm.datasets import load_dataset
 from glue_astrovlm.training import FinetuneConfig, finetune
@@ -170,3 +170,40 @@ def test_early_stopping_watches_validation_accuracy(tiny_smolvlm_dir, first_smal
     evals = [h for h in result.history if "eval_accuracy" in h]
     assert result.record["steps"] == 2 and len(evals) == 2  # one epoch = one update; stopped after epoch 2
     assert result.record["best_checkpoint"].endswith("checkpoint-1")
+
+
+def test_classify_uses_the_adapters_labels_and_warns_on_others(capsys, caplog, tiny_smolvlm_dir, first_small,
+                                                               tmp_path, fits_dir):
+    import logging
+
+    out = tmp_path / "adapter"
+    status, _, err = run(capsys, "finetune", first_small, "--model", tiny_smolvlm_dir, "--out", out,
+                         "--labels", "FRI", "FRII", "Compact", "Bent", "--max-steps", "1", "--batch-size", "4",
+                         "--no-progress")
+    assert status == 0, err
+    data = load_dataset(first_small)
+    cutouts = [item.cutout() for item in list(data)[:2]]
+    vlm = load_model(tiny_smolvlm_dir, dtype="float32", adapter={"mine": out})
+    assert vlm.trained_record()["label_set"]["labels"] == ["FRI", "FRII", "Compact", "Bent"]
+    with caplog.at_level(logging.WARNING, logger="glue_astrovlm"):
+        results = vlm.classify(cutouts)  # no labels: the adapter's own
+    assert set(results[0].probabilities) == {"FRI", "FRII", "Compact", "Bent"}
+    assert "fine-tuned" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="glue_astrovlm"):
+        vlm.classify(cutouts, ["spiral", "elliptical"])
+    assert "fine-tuned to answer ['FRI', 'FRII', 'Compact', 'Bent'], not ['spiral', 'elliptical']" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="glue_astrovlm"):
+        vlm.classify([item.cutout(stretch=Stretch(interval="minmax")) for item in list(data)[:1]])
+    assert "scaled with zscale(contrast=0.25)+linear" in caplog.text
+    with pytest.raises(AstroVLMError, match="Give either labels or a preset"):
+        vlm.classify(cutouts, adapter=None)  # the base model has no labels of its own
+
+    # the command line: the adapter brings its labels; the bare model must be told
+    image = fits_dir / "HorseHead.fits"
+    status, stdout, err = run(capsys, "classify", image, "--model", tiny_smolvlm_dir, "--adapter", out,
+                              "--dtype", "float32")
+    assert status == 0, err
+    assert any(label in stdout for label in ("FRI", "FRII", "Compact", "Bent"))
+    status, _, err = run(capsys, "classify", image, "--model", tiny_smolvlm_dir)
+    assert status == 2 and "Give --labels or --preset" in err
