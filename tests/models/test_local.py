@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from glue_astrovlm import AstroVLMError, Cutout, LabelSet, OperationCancelled, Provenance, load_model, load_preset
@@ -68,6 +69,35 @@ def test_batch_size_does_not_change_results(tiny_smolvlm_dir, images):
         assert a.label == b.label
         for label in a.probabilities:
             assert a.probabilities[label] == pytest.approx(b.probabilities[label], abs=1e-5)
+
+
+@pytest.mark.parametrize("which", ["tiny_smolvlm", "tiny_llava"])
+def test_parallel_preprocessing_gives_the_batch_call_exactly(request, which, images):
+    """GPUs preprocess a batch's images in threads; the tensors and the results must not change."""
+    vlm = request.getfixturevalue(which)
+    assert vlm.preprocess_workers == 1  # the CPU default: the model needs the cores
+    labels = load_preset("radio-morphology")
+    prompt = vlm.prompt_text(labels.prompt())
+    model_images = as_model_images(images)
+    saved = vlm.batch_size
+    try:
+        vlm.batch_size = 8
+        serial = vlm._encode(model_images, prompt)
+        serial_results = vlm.classify(images, labels)
+        serial_answers = vlm.ask(images, "Is there a jet?", max_new_tokens=3)
+        vlm.preprocess_workers = 3
+        parallel = vlm._encode(model_images, prompt)
+        assert vlm._pool is not None and vlm._pool[0] == 3  # the threads were used
+        parallel_results = vlm.classify(images, labels)
+        parallel_answers = vlm.ask(images, "Is there a jet?", max_new_tokens=3)
+    finally:
+        vlm.batch_size, vlm.preprocess_workers = saved, 1
+    assert serial.keys() == parallel.keys()
+    for key in serial:
+        assert torch.equal(serial[key], parallel[key]), key
+    for a, b in zip(serial_results, parallel_results):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    assert [a.answer for a in serial_answers] == [b.answer for b in parallel_answers]
 
 
 def test_classify_result_fields(tiny_smolvlm, images):
