@@ -136,9 +136,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     from .models.loading import DEFAULT_MODEL
 
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=DEFAULT_MODEL,
+    group.add_argument("--model", default=None,
                        help=f"Hub id, local directory, or server URL such as http://127.0.0.1:8000/v1 "
-                            f"(default {DEFAULT_MODEL}, downloaded on first use)")
+                            f"(default: the base model of --adapter, else {DEFAULT_MODEL}, downloaded on first use)")
     group.add_argument("--adapter", action="append", metavar="[NAME=]PATH",
                        help="LoRA adapter directory (safetensors); repeat for several, the first is used")
     group.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the first available)")
@@ -652,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``astrovlm`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "adapter") and getattr(args, "model", "") is None:
+        from .models.loading import DEFAULT_MODEL, adapter_base_model
+
+        args.model = adapter_base_model(_adapter_arg(args.adapter)) or DEFAULT_MODEL
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -52,7 +52,21 @@ def _read_config(source: str, trust_remote_code: bool, local_files_only: bool):
         raise AstroVLMError(f"{source} is not a model transformers can read: {error}") from error
 
 
-def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = None, dtype=None,
+def adapter_base_model(adapter) -> str | None:
+    """The base model an adapter directory was trained on (its ``adapter_config.json``), if recorded."""
+    import json
+
+    if adapter is None:
+        return None
+    first = next(iter(adapter.values())) if isinstance(adapter, dict) else adapter
+    try:
+        config = json.loads((Path(first).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("base_model_name_or_path") or None
+
+
+def load_model(spec: str | os.PathLike | None = None, *, device: str | None = None, dtype=None,
                adapter: str | os.PathLike | dict | None = None, batch_size: int | None = None,
                tiling: str = "single", processor_kwargs: dict | None = None, trust_remote_code: bool = False,
                served_model: str | None = None, **remote_options) -> VLM:
@@ -60,10 +74,11 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = 
 
     Parameters
     ----------
-    spec : str or path-like
+    spec : str or path-like, optional
         A Hugging Face Hub id (``'HuggingFaceTB/SmolVLM-256M-Instruct'``, downloaded and cached on first
         use), a local directory with a saved model, or the URL of an OpenAI-compatible server
-        (``'http://127.0.0.1:8000/v1'``: vLLM, SGLang or ``transformers serve``).
+        (``'http://127.0.0.1:8000/v1'``: vLLM, SGLang or ``transformers serve``). By default the base
+        model the ``adapter`` was trained on, else `DEFAULT_MODEL`.
     device : str, optional
         ``'cuda'``, ``'cuda:1'``, ``'mps'`` or ``'cpu'``; by default the first available in that order.
     dtype : str or torch.dtype, optional
@@ -89,6 +104,8 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = 
     VLM
         An object with ``ask``, ``describe`` and ``classify``.
     """
+    if spec is None:
+        spec = adapter_base_model(adapter) or DEFAULT_MODEL
     spec = str(spec)
     if spec.startswith(("http://", "https://")):
         if adapter is not None:

@@ -98,10 +98,19 @@ class LocalVLM(VLM):
         name = name or path.name
         if name in self._adapters:
             raise AstroVLMError(f"An adapter named {name!r} is already loaded; choose another name.")
-        if not self._adapters:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
-        else:
-            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        try:
+            if not self._adapters:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+            else:
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        except (ValueError, KeyError, RuntimeError) as error:  # peft's errors for another architecture
+            from .loading import adapter_base_model
+
+            base = adapter_base_model(path)
+            hint = f"it was trained on {base}; load that model (--model {base})" if base else \
+                "load the model it was trained on"
+            raise AstroVLMError(f"The adapter {path} does not fit {self.name}: {hint}. ({type(error).__name__}: "
+                                f"{str(error)[:200]})") from error
         self.model.eval()
         self._adapters.append(name)
         from ..evaluation import read_finetune_record

@@ -207,3 +207,18 @@ def test_classify_uses_the_adapters_labels_and_warns_on_others(capsys, caplog, t
     assert any(label in stdout for label in ("FRI", "FRII", "Compact", "Bent"))
     status, _, err = run(capsys, "classify", image, "--model", tiny_smolvlm_dir)
     assert status == 2 and "Give --labels or --preset" in err
+    # without --model the adapter finds the base model it was trained on (no download of the default)
+    status, stdout, err = run(capsys, "classify", image, "--adapter", out, "--dtype", "float32")
+    assert status == 0, err
+    assert load_model(adapter=out, dtype="float32").name == str(tiny_smolvlm_dir)
+
+
+def test_adapter_on_another_architecture_says_which_base_it_needs(capsys, tiny_smolvlm_dir, tiny_llava_dir,
+                                                                  first_small, tmp_path):
+    out = tmp_path / "adapter"
+    status, _, err = run(capsys, "finetune", first_small, "--model", tiny_smolvlm_dir, "--out", out,
+                         "--labels", "FRI", "FRII", "Compact", "Bent", "--max-steps", "1", "--batch-size", "2",
+                         "--no-progress")
+    assert status == 0, err
+    with pytest.raises(AstroVLMError, match=f"does not fit .*trained on {tiny_smolvlm_dir}; load that model"):
+        load_model(tiny_llava_dir, dtype="float32", adapter=out)
