@@ -172,15 +172,21 @@ def test_early_stopping_watches_validation_accuracy(tiny_smolvlm_dir, first_smal
     assert result.record["best_checkpoint"].endswith("checkpoint-1")
 
 
+@pytest.fixture(scope="module")
+def cli_adapter(tiny_smolvlm_dir, first_small, tmp_path_factory):
+    """A LoRA adapter made by `astrovlm finetune` on the four FIRST classes (one update)."""
+    out = tmp_path_factory.mktemp("cli-adapter") / "adapter"
+    argv = ["finetune", first_small, "--model", tiny_smolvlm_dir, "--out", out, "--labels", "FRI", "FRII",
+            "Compact", "Bent", "--max-steps", "1", "--batch-size", "4", "--no-progress"]
+    assert main([str(a) for a in argv]) == 0
+    return out
+
+
 def test_classify_uses_the_adapters_labels_and_warns_on_others(capsys, caplog, tiny_smolvlm_dir, first_small,
-                                                               tmp_path, fits_dir):
+                                                               cli_adapter, fits_dir):
     import logging
 
-    out = tmp_path / "adapter"
-    status, _, err = run(capsys, "finetune", first_small, "--model", tiny_smolvlm_dir, "--out", out,
-                         "--labels", "FRI", "FRII", "Compact", "Bent", "--max-steps", "1", "--batch-size", "4",
-                         "--no-progress")
-    assert status == 0, err
+    out = cli_adapter
     data = load_dataset(first_small)
     cutouts = [item.cutout() for item in list(data)[:2]]
     vlm = load_model(tiny_smolvlm_dir, dtype="float32", adapter={"mine": out})
@@ -213,12 +219,6 @@ def test_classify_uses_the_adapters_labels_and_warns_on_others(capsys, caplog, t
     assert load_model(adapter=out, dtype="float32").name == str(tiny_smolvlm_dir)
 
 
-def test_adapter_on_another_architecture_says_which_base_it_needs(capsys, tiny_smolvlm_dir, tiny_llava_dir,
-                                                                  first_small, tmp_path):
-    out = tmp_path / "adapter"
-    status, _, err = run(capsys, "finetune", first_small, "--model", tiny_smolvlm_dir, "--out", out,
-                         "--labels", "FRI", "FRII", "Compact", "Bent", "--max-steps", "1", "--batch-size", "2",
-                         "--no-progress")
-    assert status == 0, err
+def test_adapter_on_another_architecture_says_which_base_it_needs(tiny_smolvlm_dir, tiny_llava_dir, cli_adapter):
     with pytest.raises(AstroVLMError, match=f"does not fit .*trained on {tiny_smolvlm_dir}; load that model"):
-        load_model(tiny_llava_dir, dtype="float32", adapter=out)
+        load_model(tiny_llava_dir, dtype="float32", adapter=cli_adapter)
