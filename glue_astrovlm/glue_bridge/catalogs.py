@@ -105,7 +105,8 @@ def catalog_table_from_data(catalog):
 
 
 def cutouts_from_table(image_data, table, *, size=64, attribute=None, cube: dict | None = None,
-                       stretch: Stretch = DEFAULT_STRETCH, extra: dict | None = None) -> list[Cutout]:
+                       stretch: Stretch = DEFAULT_STRETCH, extra: dict | None = None,
+                       limit: int | None = None) -> list[Cutout]:
     """One cutout per table row that falls on ``image_data``; rows outside it are skipped.
 
     Parameters
@@ -119,6 +120,8 @@ def cutouts_from_table(image_data, table, *, size=64, attribute=None, cube: dict
         Cutout size.
     extra : dict, optional
         Added to every cutout's ``provenance.extra`` (e.g. the catalogue's name).
+    limit : int, optional
+        Stop after this many cutouts (a preview needs one).
     """
     from dataclasses import replace
 
@@ -126,7 +129,7 @@ def cutouts_from_table(image_data, table, *, size=64, attribute=None, cube: dict
     from .cutouts import image_source_from_data
 
     source = image_source_from_data(image_data, attribute, cube=cube)
-    cutouts = cutouts_from_catalog(source, table, size=size, stretch=stretch, skip_outside=True)
+    cutouts = cutouts_from_catalog(source, table, size=size, stretch=stretch, skip_outside=True, limit=limit)
     rows = table["_row"] if not isinstance(table, str) and "_row" in getattr(table, "colnames", ()) else None
     out = []
     for cutout in cutouts:

@@ -101,7 +101,8 @@ def subset_cutout(app, data, subset_label: str, *, cube=None, outside: str = "ke
 
 def tag_cutouts(app, data, source: str, *, catalog: str | None = None, table_file: str | None = None,
                 viewer=None, size: int = 64, cube=None, stretch: Stretch = DEFAULT_STRETCH,
-                nsigma: float = 5.0, max_sources: int = 50, first_rows: int | None = None):
+                nsigma: float = 5.0, max_sources: int = 50, first_rows: int | None = None,
+                limit: int | None = None):
     """One cutout per source to tag, and the glue catalogue dataset behind them (or `None`).
 
     Parameters
@@ -117,6 +118,8 @@ def tag_cutouts(app, data, source: str, *, catalog: str | None = None, table_fil
         For ``'Detected in view'``: only sources in its visible area are kept (whole image without).
     first_rows : int, optional
         Only look at the first rows of a jdaviz catalogue (for a quick preview of a long one).
+    limit : int, optional
+        Stop after this many cutouts (the thumbnail needs one).
     """
     if source == TAG_CATALOG:
         if not catalog:
@@ -127,12 +130,12 @@ def tag_cutouts(app, data, source: str, *, catalog: str | None = None, table_fil
         if first_rows is not None and len(table) > first_rows:
             table = table[:first_rows]
         cutouts = cutouts_from_table(data, table, size=size, cube=cube, stretch=stretch,
-                                     extra={"glue_catalog": catalog})
+                                     extra={"glue_catalog": catalog}, limit=limit)
         return cutouts, catalog_data
     if source == TAG_FILE:
         if not table_file:
             raise AstroVLMError("Give the path of a table file (ECSV, FITS, VOTable or CSV) with RA/Dec or x/y.")
-        return cutouts_from_table(data, str(table_file), size=size, cube=cube, stretch=stretch), None
+        return cutouts_from_table(data, str(table_file), size=size, cube=cube, stretch=stretch, limit=limit), None
     if source == TAG_DETECT:
         bounds = None
         if viewer is not None and any(layer.layer is data for layer in viewer.layers):

@@ -182,6 +182,12 @@ def test_imviz_tags_a_catalogue_with_subsets_and_markers(imviz, fits_dir, tmp_pa
     assert set(table["subset"][-4:]) == {safe_subset_label(r.label) for r in results}
     assert set(table["label"][-4:]) == {r.label for r in results}  # the full class names
 
+    # on the Tag tab the thumbnail is the first catalogue source, cut out alone
+    plg._obj.task_tab = 2
+    preview = plg._obj.preview()
+    assert preview.provenance.source_id == results[0].source_id
+    assert plg._obj.thumbnail_caption.startswith(f"{results[0].source_id}: ")
+
     # re-running replaces only the plugin's own subsets and markers
     old_subsets = set(written)
     plg.subsets_per = "Per source"
