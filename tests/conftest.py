@@ -22,6 +22,26 @@ def fits_dir(shared_data) -> Path:
     return shared_data / "fits"
 
 
+FIRST_CLASSES = ("FRI", "FRII", "Compact", "Bent")
+
+
+@pytest.fixture(scope="session")
+def first_subset(shared_data, tmp_path_factory):
+    """``first_subset(split, per_class)``: the first real FIRST PNGs of each class of a split, copied
+    into one folder per class (the layout `astrovlm eval` and `astrovlm finetune` read)."""
+    import shutil
+
+    def make(split: str, per_class: int) -> Path:
+        root = tmp_path_factory.mktemp(f"first-{split}-{per_class}")
+        for label in FIRST_CLASSES:
+            (root / label).mkdir()
+            for path in sorted((shared_data / "first_radio_galaxies" / split / label).glob("*.png"))[:per_class]:
+                shutil.copy(path, root / label / path.name)
+        return root
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_smolvlm_dir(tmp_path_factory) -> Path:
     """A SmolVLM (Idefics3) with the real tokenizer, processor and template, shrunk, random weights."""

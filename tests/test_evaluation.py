@@ -1,7 +1,6 @@
 """`astrovlm eval` and `glue_astrovlm.evaluation` on real FIRST images with a tiny real SmolVLM."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -17,14 +16,9 @@ CLASSES = ("FRI", "FRII", "Compact", "Bent")
 
 
 @pytest.fixture(scope="module")
-def first_eval(shared_data, tmp_path_factory):
+def first_eval(first_subset):
     """Two real FIRST PNGs per class from the valid split."""
-    root = tmp_path_factory.mktemp("first-eval")
-    for label in CLASSES:
-        (root / label).mkdir()
-        for path in sorted((shared_data / "first_radio_galaxies" / "valid" / label).glob("*.png"))[:2]:
-            shutil.copy(path, root / label / path.name)
-    return root
+    return first_subset("valid", 2)
 
 
 def run(capsys, *argv):

@@ -101,21 +101,24 @@ class GlueVLM:
     # tasks ---------------------------------------------------------------------------------
     def cutout(self, subset=None, *, data=None, view=None, attribute=None, cube: dict | None = None):
         """The cutout the model would see: of a subset, or of a viewer's visible area."""
-        if subset is not None:
-            return cutout_from_subset(self._subset(subset, data), attribute=attribute, cube=cube,
-                                      outside=self.outside, stretch=self.stretch)
-        if view is not None:
-            layer_data, bounds, cube = self._view_choice(view, data, cube)
-            return cutout_from_view(layer_data, *bounds, attribute=attribute, cube=cube, stretch=self.stretch)
-        raise AstroVLMError("Say what to send: subset=..., or view=<an image viewer>.")
+        return self.cutout_maker(subset, data=data, view=view, attribute=attribute, cube=cube)()
 
-    def _view_choice(self, view, data=None, cube: dict | None = None):
-        """What a viewer shows, read now (GUI thread): (data, (x_min, x_max, y_min, y_max), cube)."""
-        state = view.state
-        layer_data = self._data(data) if data is not None else state.reference_data
-        if cube is None and layer_data.ndim == 3:
-            cube = {"mode": "slice", "index": int(state.slices[0])}
-        return layer_data, (state.x_min, state.x_max, state.y_min, state.y_max), cube
+    def cutout_maker(self, subset=None, *, data=None, view=None, attribute=None, cube: dict | None = None):
+        """Like `cutout`, in two steps: glue's state (subset, viewer limits, stretch) is read now, on
+        the GUI thread; the returned function does the pixel work and may run on any thread."""
+        stretch, outside = self.stretch, self.outside
+        if subset is not None:
+            glue_subset = self._subset(subset, data)
+            return lambda: cutout_from_subset(glue_subset, attribute=attribute, cube=cube, outside=outside,
+                                              stretch=stretch)
+        if view is not None:
+            state = view.state
+            layer_data = self._data(data) if data is not None else state.reference_data
+            if cube is None and layer_data.ndim == 3:
+                cube = {"mode": "slice", "index": int(state.slices[0])}
+            bounds = (state.x_min, state.x_max, state.y_min, state.y_max)
+            return lambda: cutout_from_view(layer_data, *bounds, attribute=attribute, cube=cube, stretch=stretch)
+        raise AstroVLMError("Say what to send: subset=..., or view=<an image viewer>.")
 
     def ask(self, question: str, subset=None, *, data=None, view=None, attribute=None, cube: dict | None = None,
             max_new_tokens: int = 128, progress=None) -> Result:

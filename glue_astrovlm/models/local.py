@@ -134,7 +134,7 @@ class LocalVLM(VLM):
             self.model.set_adapter(name)
 
     def trained_record(self) -> dict | None:
-        return self._records.get(self.adapter) or (self._records.get(None) if self.adapter is None else None)
+        return self._records.get(self.adapter)  # key None: the fine-tuned model itself
 
     def disable_adapter(self) -> None:
         """Use the base model (adapters stay loaded and can be switched back on)."""

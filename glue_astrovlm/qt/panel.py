@@ -291,25 +291,25 @@ class AstroVLMPanel(QWidget):
         touches no widget and no data collection, so `run` can call it on the worker thread. It returns
         ``(cutouts, new_catalog)``, ``new_catalog`` being a detections dataset still to be added.
         """
-        from ..glue_bridge.cutouts import cutout_from_subset, cutout_from_view, cutouts_from_catalog_data
+        from ..glue_bridge.cutouts import cutouts_from_catalog_data
 
         self._apply_choices()
         source = self.source_combo.currentText()
         data = self._data()
         if data is None:
             raise AstroVLMError("Load an image or cube into glue first.")
-        cube, stretch, outside = self._cube(), self.vlm.stretch, self.vlm.outside
+        cube, stretch = self._cube(), self.vlm.stretch
         if source == "Subset":
             if not self.subset_combo.currentText():
                 raise AstroVLMError("There is no subset: draw one on the image first.")
-            subset = self.vlm._subset(self.subset_combo.currentText(), data)
-            return lambda: ([cutout_from_subset(subset, cube=cube, outside=outside, stretch=stretch)], None)
+            make = self.vlm.cutout_maker(self.subset_combo.currentText(), data=data, cube=cube)
+            return lambda: ([make()], None)
         if source == "Current view":
             viewer = self._image_viewer()
             if viewer is None:
                 raise AstroVLMError(f"Open {data.label} in an image viewer to send the current view.")
-            layer_data, bounds, cube = self.vlm._view_choice(viewer, data, cube)
-            return lambda: ([cutout_from_view(layer_data, *bounds, cube=cube, stretch=stretch)], None)
+            make = self.vlm.cutout_maker(data=data, view=viewer, cube=cube)
+            return lambda: ([make()], None)
         size = self.size_spin.value()
         if source == "Catalogue sources":
             if not self.catalog_combo.currentText():

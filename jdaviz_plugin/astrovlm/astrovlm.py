@@ -321,7 +321,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             cutout = selection.view_cutout(data, self._viewer(), cube=cube, stretch=self._stretch())
             note = " (sources are detected here when you run)"
         elif TASKS[self.task_tab] == "tag":
-            cutouts, _ = selection.tag_cutouts(self._app, data, **self._tag_options(cube, first_rows=50), limit=1)
+            cutouts, _ = selection.tag_cutouts(self._app, data, **self._tag_options(cube), limit=1)
             cutout = cutouts[0]
         elif self.send.selected == selection.SEND_SUBSET:
             cutout = selection.subset_cutout(self._app, data, self.subset.selected, cube=cube,
@@ -352,11 +352,11 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
     def vue_update_thumbnail(self, *args):
         self._update_thumbnail()
 
-    def _tag_options(self, cube, first_rows=None) -> dict:
+    def _tag_options(self, cube) -> dict:
         return dict(source=self.tag_source.selected, catalog=self.catalog.selected,
                     table_file=self.table_file.strip() or None, viewer=self._viewer(),
                     size=int(self.cutout_size), cube=cube, stretch=self._stretch(),
-                    nsigma=float(self.nsigma), max_sources=int(self.max_sources), first_rows=first_rows)
+                    nsigma=float(self.nsigma), max_sources=int(self.max_sources))
 
     # ------------------------------------------------------------------------------ tasks
     def ask(self, question: str | None = None, *, cube: dict | None = None, wait: bool = True):

@@ -101,8 +101,7 @@ def subset_cutout(app, data, subset_label: str, *, cube=None, outside: str = "ke
 
 def tag_cutouts(app, data, source: str, *, catalog: str | None = None, table_file: str | None = None,
                 viewer=None, size: int = 64, cube=None, stretch: Stretch = DEFAULT_STRETCH,
-                nsigma: float = 5.0, max_sources: int = 50, first_rows: int | None = None,
-                limit: int | None = None):
+                nsigma: float = 5.0, max_sources: int = 50, limit: int | None = None):
     """One cutout per source to tag, and the glue catalogue dataset behind them (or `None`).
 
     Parameters
@@ -116,8 +115,6 @@ def tag_cutouts(app, data, source: str, *, catalog: str | None = None, table_fil
         Path of an ECSV, FITS, VOTable or CSV table with RA/Dec or x/y columns, for ``'Table file'``.
     viewer : jdaviz viewer, optional
         For ``'Detected in view'``: only sources in its visible area are kept (whole image without).
-    first_rows : int, optional
-        Only look at the first rows of a jdaviz catalogue (for a quick preview of a long one).
     limit : int, optional
         Stop after this many cutouts (the thumbnail needs one).
     """
@@ -127,8 +124,6 @@ def tag_cutouts(app, data, source: str, *, catalog: str | None = None, table_fil
                                 "choose 'Table file' or 'Detected in view'.")
         catalog_data = app.data_collection[catalog]
         table = catalog_table_from_data(catalog_data)
-        if first_rows is not None and len(table) > first_rows:
-            table = table[:first_rows]
         cutouts = cutouts_from_table(data, table, size=size, cube=cube, stretch=stretch,
                                      extra={"glue_catalog": catalog}, limit=limit)
         return cutouts, catalog_data
