@@ -1,10 +1,10 @@
 """Source lists for tagging: catalogue datasets (also jdaviz's catalogue importer and Catalog Search
 results), table files and detected sources, each turned into one cutout per source on a glue image.
 
-`catalog_table` in `.cutouts` reads plain glue catalogues with conventional column names. The
-functions here also honour the column choices that jdaviz's catalogue importer records in the
-dataset's metadata (``_jdaviz_loader_ra_col`` and friends) and component units (RA in hours), and
-they accept any astropy table, so every front end tags sources the same way.
+Catalogues are read by conventional column names, and the column choices that jdaviz's catalogue
+importer records in the dataset's metadata (``_jdaviz_loader_ra_col`` and friends) and component
+units (RA in hours) are honoured. glue and jdaviz both read catalogues here, so every front end
+tags sources the same way.
 """
 
 from __future__ import annotations

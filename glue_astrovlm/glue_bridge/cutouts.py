@@ -126,51 +126,27 @@ def cutout_from_view(data, x_min: float, x_max: float, y_min: float, y_max: floa
     return replace(cutout, provenance=provenance)
 
 
-_RA = ("ra", "RA", "RAJ2000", "ra_deg", "RA_deg", "_RAJ2000")
-_DEC = ("dec", "DEC", "Dec", "DEJ2000", "dec_deg", "DEC_deg", "_DEJ2000")
-_X = ("x", "xcentroid", "x_centroid", "X", "x_pix")
-_Y = ("y", "ycentroid", "y_centroid", "Y", "y_pix")
-_ID = ("id", "source_id", "ID", "name", "Name", "label")
-
-
 def catalog_table(catalog):
-    """An astropy Table (with an ``_row`` column of glue row indices) from a glue catalogue dataset."""
-    from astropy.table import Table
+    """An astropy Table (with an ``_row`` column of glue row indices) from a glue catalogue dataset.
 
-    names = {c.label: c for c in catalog.components}
-    wanted = [n for group in (_RA, _DEC, _X, _Y, _ID) for n in group if n in names]
-    has_sky = any(n in names for n in _RA) and any(n in names for n in _DEC)
-    has_pix = any(n in names for n in _X) and any(n in names for n in _Y)
-    if not (has_sky or has_pix):
-        raise AstroVLMError(f"{catalog.label} has no position columns; it needs ra/dec (degrees) or x/y (pixels).")
-    table = Table({name: np.asarray(catalog[names[name]]) for name in dict.fromkeys(wanted)})
-    table["_row"] = np.arange(len(table))
-    if not any(n in names for n in _ID):
-        table["id"] = [str(i) for i in range(len(table))]
-    return table
+    The same reader as jdaviz's source lists: `.catalogs.catalog_table_from_data`.
+    """
+    from .catalogs import catalog_table_from_data
+
+    return catalog_table_from_data(catalog)
 
 
 def cutouts_from_catalog_data(image_data, catalog, *, size=64, attribute=None, cube: dict | None = None,
-                              stretch: Stretch = DEFAULT_STRETCH, skip_outside: bool = True,
-                              limit: int | None = None) -> list[Cutout]:
-    """One cutout per catalogue source that falls on ``image_data``; each keeps its catalogue row index.
+                              stretch: Stretch = DEFAULT_STRETCH, limit: int | None = None) -> list[Cutout]:
+    """One cutout per catalogue source that falls on ``image_data`` (others are skipped); each keeps
+    its catalogue row index.
 
     ``limit`` stops after that many cutouts (the panel's thumbnail needs only the first).
     """
-    from dataclasses import replace
+    from .catalogs import cutouts_from_table
 
-    from ..cutouts import cutouts_from_catalog
-
-    source = image_source_from_data(image_data, attribute, cube=cube)
-    table = catalog_table(catalog)
-    cutouts = cutouts_from_catalog(source, table, size=size, stretch=stretch, skip_outside=skip_outside,
-                                   limit=limit)
-    out = []
-    for cutout in cutouts:
-        row = int(table["_row"][cutout.provenance.extra.get("row", 0)])
-        extra = {**cutout.provenance.extra, "glue_data": image_data.label, "glue_catalog": catalog.label,
-                 "catalog_row": row}
-        out.append(replace(cutout, provenance=replace(cutout.provenance, extra=extra)))
+    out = cutouts_from_table(image_data, catalog_table(catalog), size=size, attribute=attribute, cube=cube,
+                             stretch=stretch, extra={"glue_catalog": catalog.label}, limit=limit)
     if not out:
         raise AstroVLMError(f"No source of {catalog.label} falls on {image_data.label}.")
     return out

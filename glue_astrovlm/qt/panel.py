@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayo
 
 from ..errors import AstroVLMError
 from ..glue_bridge import writeback
+from ..glue_bridge.catalogs import has_positions
 from ..labelsets import list_presets, resolve_labels
 from ..models.base import OperationCancelled
 from ..session import recent_models
@@ -211,7 +212,7 @@ class AstroVLMPanel(QWidget):
         self.model_combo.setCurrentText(current_model)
         self.model_combo.blockSignals(False)
         images = [d.label for d in dc if d.ndim in (2, 3) and d.label != writeback.RESULTS_LABEL]
-        catalogs = [d.label for d in dc if d.ndim == 1 and d.label != writeback.RESULTS_LABEL]
+        catalogs = [d.label for d in dc if d.label != writeback.RESULTS_LABEL and has_positions(d)]
         subsets = [writeback.original_label(g.label) for g in dc.subset_groups
                    if not g.label.startswith(writeback.CLASS_PREFIX)]
         for combo, items in ((self.data_combo, images), (self.catalog_combo, catalogs), (self.subset_combo, subsets)):

@@ -236,6 +236,9 @@ def test_current_view_of_a_real_image_viewer(qtbot, glue_app, fits_dir, tiny_smo
     sky = image.coords.pixel_to_world([150, 600], [200, 650])
     glue_app.data_collection.append(Data(label="two", ra=sky.ra.deg, dec=sky.dec.deg))
     panel.refresh()
+    # HorseHead.fits also brings a 1-D mask table without positions: it is not offered as a catalogue
+    assert any(d.ndim == 1 and d.label != "two" for d in glue_app.data_collection)
+    assert [panel.catalog_combo.itemText(i) for i in range(panel.catalog_combo.count())] == ["two"]
     panel.source_combo.setCurrentText("Catalogue sources")
     panel.catalog_combo.setCurrentText("two")
     panel.size_spin.setValue(40)
