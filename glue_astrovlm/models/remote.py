@@ -218,9 +218,10 @@ class RemoteVLM(VLM):
         path.
     model : str, optional
         The served model's name, as the server lists it at ``GET /models``. By default the server is
-        asked: with one model, that one is used; with none listed (``transformers serve`` lists its
-        cache, not a model pinned on its command line), requests name no model and the server's own
-        model answers; with several, this raises `AstroVLMError` listing them.
+        asked: with one model, that one is used; with none listed (``transformers serve`` 5.23 lists
+        its cache, not the model pinned on its command line; 5.24 lists the pinned model), requests name
+        no model and the server's own model answers; with several, this raises `AstroVLMError` listing
+        them.
     api_key_env : str, optional
         Environment variable holding the API key (falls back to ``OPENAI_API_KEY``); sent as
         ``Authorization: Bearer``. Without a key, requests carry no authorisation.

@@ -141,9 +141,17 @@ def _bbox(shape):
 
 # ---------------------------------------------------------------------------------------------- real server
 def test_server_model_is_discovered_and_named(served, remote):
-    # transformers serve lists its (empty) cache, not the pinned model: requests then name no model
-    assert remote.model is None
-    assert remote.name == f"{served['url']} (the server's model)"
+    import httpx
+
+    # What GET /models lists depends on the transformers release (5.23 listed its empty cache, 5.24 lists
+    # the pinned model); the backend must follow whatever the server says.
+    listed = [entry["id"] for entry in httpx.get(served["url"] + "/models", timeout=10).json().get("data", [])]
+    if len(listed) == 1:
+        assert remote.model == listed[0]
+        assert remote.name == f"{listed[0]} @ {served['url']}"
+    else:
+        assert not listed and remote.model is None
+        assert remote.name == f"{served['url']} (the server's model)"
     named = RemoteVLM(served["url"], served["model"])
     assert named.name == f"{served['model']} @ {served['url']}"
     assert repr(named) == f"<RemoteVLM {named.name!r}>"
@@ -152,6 +160,52 @@ def test_server_model_is_discovered_and_named(served, remote):
     loaded = load_model(served["url"][:-len("/v1")], timeout=30, concurrency=3)
     assert isinstance(loaded, RemoteVLM) and loaded.base_url == served["url"] and loaded.concurrency == 3
     loaded.close()
+
+
+@pytest.fixture()
+def listing_server():
+    """A real HTTP server on 127.0.0.1 whose GET /v1/models answers what the test puts in ``state``."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = {"status": 200, "models": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            body = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in state["models"]]})
+            self.send_response(state["status"] if self.path == "/v1/models" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("models, expected", [([], None), (["served-one"], "served-one")])
+def test_model_discovery_follows_the_servers_listing(listing_server, models, expected):
+    listing_server["models"] = models
+    with RemoteVLM(listing_server["url"]) as vlm:
+        assert vlm.model == expected
+        assert vlm.name == (f"{expected} @ {listing_server['url']}" if expected
+                            else f"{listing_server['url']} (the server's model)")
+
+
+def test_model_discovery_with_several_models_asks_which(listing_server):
+    listing_server["models"] = ["a", "b"]
+    with pytest.raises(AstroVLMError, match=r"serves 2 models: a, b.*served_model=NAME"):
+        RemoteVLM(listing_server["url"])
+    listing_server["status"] = 404  # a server that does not list its models: requests name none
+    with RemoteVLM(listing_server["url"]) as vlm:
+        assert vlm.model is None
 
 
 def test_ask_returns_text_in_input_order(remote, images):
