@@ -98,11 +98,15 @@ class LocalVLM(VLM):
         name = name or path.name
         if name in self._adapters:
             raise AstroVLMError(f"An adapter named {name!r} is already loaded; choose another name.")
+        from .compat import peft_quietly
+
         try:
-            if not self._adapters:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
-            else:
-                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            with peft_quietly():
+                if not self._adapters:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
+                                                           is_trainable=False)
+                else:
+                    self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         except (ValueError, KeyError, RuntimeError) as error:  # peft's errors for another architecture
             from .loading import adapter_base_model
 

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .compat import cache_keyword, returned_cache
+
 __all__ = ["score_labels_cached", "score_labels_bruteforce", "continuation_logprobs"]
+
 
 
 def _pad(sequences: Sequence[Sequence[int]], pad_id: int):
@@ -131,8 +134,8 @@ def score_labels_cached(model, prefix_inputs: dict, continuations: Sequence[Sequ
         mask = mask.to(device)[None, None].expand(batch, 1, *allowed.shape)
         ids = torch.tensor(tokens, device=device)[None].expand(batch, -1)
         position_ids = torch.tensor(positions, device=device)[None].expand(batch, -1)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                       past_key_values=out.past_key_values, use_cache=True).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                       **{cache_keyword(model): returned_cache(out)}).logits
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
         next_ids = torch.tensor([continuations[k][positions[t] - prefix_len + 1] for t, k in enumerate(owner)],
                                 device=device)
@@ -157,12 +160,12 @@ def _score_repeated_cache(model, prefix_inputs: dict, continuations: Sequence[Se
         longest = max(len(c) for c in continuations)
         cont_logits = None
         if longest > 1:
-            cache = out.past_key_values
+            cache = returned_cache(out)
             cache.batch_repeat_interleave(k)
             ids = _pad(continuations, pad_id)[:, : longest - 1].repeat(batch, 1).to(first.device)
             attention = torch.ones(batch * k, prefix_len + ids.shape[1], dtype=torch.long, device=first.device)
-            cont_logits = model(input_ids=ids, attention_mask=attention, past_key_values=cache,
-                                use_cache=True).logits
+            cont_logits = model(input_ids=ids, attention_mask=attention, use_cache=True,
+                                **{cache_keyword(model): cache}).logits
         scores = continuation_logprobs(first, cont_logits, list(continuations) * batch)
     return scores.reshape(batch, k)
 

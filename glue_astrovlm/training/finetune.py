@@ -505,8 +505,11 @@ def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=No
                                            else None))
         for param in model_obj.parameters():
             param.requires_grad = False
+        from ..models.compat import peft_quietly
+
         try:
-            model_obj = get_peft_model(model_obj, lora)
+            with peft_quietly():
+                model_obj = get_peft_model(model_obj, lora)
         except ValueError as error:
             raise AstroVLMError(f"LoRA found no layers to adapt ({error}); check --target-modules.") from None
         vlm.model = model_obj

@@ -184,9 +184,13 @@ def _save_lora(model_dir, out_dir, seed):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
+    from glue_astrovlm.models.compat import peft_quietly
+
     torch.manual_seed(seed)
     base = AutoModelForImageTextToText.from_pretrained(model_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with peft_quietly():
+        peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                     init_lora_weights=False))
     peft_model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 
