@@ -95,7 +95,7 @@ def _adapter_arg(values):
 
 def _has_finetune_record(args) -> bool:
     """Whether the first --adapter, or else the --model folder, was written by `astrovlm finetune`."""
-    from .evaluation import read_finetune_record
+    from .records import read_finetune_record
 
     adapters = _adapter_arg(getattr(args, "adapter", None))
     where = next(iter(adapters.values())) if adapters else args.model
@@ -463,7 +463,7 @@ def _command_run(args) -> int:
     log.info("%d cutout(s) from %s", len(cutouts), args.file)
     vlm = _load(args)
     if args.command == "classify" and labels is None:
-        from .evaluation import recorded_label_set
+        from .records import recorded_label_set
 
         labels = recorded_label_set(vlm.trained_record())
         if labels is None:
@@ -538,7 +538,8 @@ def _stretch_arg(args, recorded: dict | None = None):
 
 
 def _command_eval(args) -> int:
-    from .evaluation import System, check_label_set, evaluate, read_finetune_record, recorded_label_set
+    from .evaluation import System, evaluate
+    from .records import check_label_set, read_finetune_record, recorded_label_set
 
     adapters = _adapter_arg(args.adapter) or {}
     if args.compare_base and not adapters:
@@ -605,7 +606,7 @@ def _command_eval(args) -> int:
 
 
 def _command_finetune(args) -> int:
-    from .evaluation import read_finetune_record, recorded_label_set
+    from .records import read_finetune_record, recorded_label_set
     from .training import FinetuneConfig, finetune
 
     config = FinetuneConfig(
@@ -653,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if hasattr(args, "adapter") and getattr(args, "model", "") is None:
-        from .models.loading import DEFAULT_MODEL, adapter_base_model
+        from .models.loading import DEFAULT_MODEL
+        from .records import adapter_base_model
 
         args.model = adapter_base_model(_adapter_arg(args.adapter)) or DEFAULT_MODEL
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,

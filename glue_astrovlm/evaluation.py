@@ -39,60 +39,11 @@ from .metrics import ClassificationMetrics, compute_metrics
 from .results import Result, atomic_write, probability_column
 from .stretch import DEFAULT_STRETCH, Stretch
 
-__all__ = ["System", "SystemResult", "EvaluationReport", "evaluate", "classify_cutouts", "read_finetune_record",
-           "check_label_set", "REPORT_FORMATS"]
+__all__ = ["System", "SystemResult", "EvaluationReport", "evaluate", "classify_cutouts", "REPORT_FORMATS"]
 
 log = logging.getLogger("glue_astrovlm")
 
 REPORT_FORMATS = ("md", "html")
-#: Files written next to a fine-tuned adapter / model by `astrovlm finetune`.
-ADAPTER_RECORD = "astrovlm_adapter.json"
-MODEL_RECORD = "astrovlm_model.json"
-
-
-# ----------------------------------------------------------------------------- fine-tuning records
-def read_finetune_record(path) -> dict | None:
-    """The record `astrovlm finetune` wrote next to an adapter or model (`None` if there is none)."""
-    if path is None:
-        return None
-    path = Path(path)
-    for name in (ADAPTER_RECORD, MODEL_RECORD):
-        record = path / name
-        if record.is_file():
-            try:
-                return json.loads(record.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise AstroVLMError(f"{record} is not valid JSON ({error}); re-run astrovlm finetune.") from None
-    return None
-
-
-def recorded_label_set(record: dict | None) -> LabelSet | None:
-    """The label set a fine-tuned adapter or model was trained with."""
-    if not record or not record.get("label_set"):
-        return None
-    data = record["label_set"]
-    return LabelSet(tuple(data["labels"]), tuple(data.get("descriptions") or ()),
-                    data.get("question") or LabelSet(("a", "b")).question, data.get("name", "custom"))
-
-
-def check_label_set(label_set: LabelSet, path, what: str = "adapter") -> None:
-    """Raise if ``label_set`` differs from the one the adapter or model at ``path`` was trained with.
-
-    A fine-tuned model answers with the labels it learned: scoring it on other labels (or on the
-    same labels described differently) measures nothing useful.
-    """
-    trained = recorded_label_set(read_finetune_record(path))
-    if trained is None:
-        return
-    if set(trained.labels) != set(label_set.labels):
-        raise AstroVLMError(f"The label set {list(label_set.labels)} differs from the {what} {path}'s, which was "
-                            f"trained on {list(trained.labels)}. Evaluate with the labels it was trained on "
-                            "(leave out --labels/--preset to use them), or fine-tune a new one.")
-    if trained.prompt() != label_set.prompt():
-        log.warning("The labels match the %s %s but the question or descriptions differ from its training "
-                    "prompt; results may not reflect its training.", what, path)
-
-
 # ----------------------------------------------------------------------------- scoring
 @dataclass
 class System:

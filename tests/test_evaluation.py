@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from glue_astrovlm import AstroVLMError, LabelSet, load_model, load_preset
+from glue_astrovlm import AstroVLMError, LabelSet, load_preset
 from glue_astrovlm.cli import main
 from glue_astrovlm.datasets import load_dataset
-from glue_astrovlm.evaluation import System, check_label_set, evaluate
+from glue_astrovlm.evaluation import System, evaluate
+from glue_astrovlm.records import check_label_set
 from glue_astrovlm.metrics import compute_metrics
 
 CLASSES = ("FRI", "FRII", "Compact", "Bent")

@@ -12,6 +12,7 @@ import numpy as np
 from ..cutout_types import Cutout, Provenance
 from ..errors import AstroVLMError
 from ..labelsets import LabelSet, resolve_labels
+from ..records import recorded_label_set
 from ..results import Result
 
 __all__ = ["VLM", "ModelImage", "as_model_images", "OperationCancelled", "ProgressCallback"]
@@ -123,7 +124,7 @@ class VLM(abc.ABC):
             skipped, because nothing is parsed from generated text.
         """
         record = self.trained_record()
-        trained = _recorded_label_set(record)
+        trained = recorded_label_set(record)
         if labels is None and preset is None and trained is not None:
             label_set = resolve_labels(trained, question=question)
         else:
@@ -175,12 +176,6 @@ def text_result(model_image: ModelImage, task: str, prompt: str, answer: str, mo
     return Result(task=task, provenance=model_image.provenance, answer=answer.strip(), prompt=prompt,
                   prompt_hash=hashlib.sha256(prompt.encode()).hexdigest()[:12], model=model, adapter=adapter,
                   stretch=model_image.stretch, image_tokens=image_tokens)
-
-
-def _recorded_label_set(record: dict | None):
-    from ..evaluation import recorded_label_set
-
-    return recorded_label_set(record)
 
 
 def _warn_if_unlike_training(record: dict, trained, label_set, images) -> None:

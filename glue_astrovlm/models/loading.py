@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import AstroVLMError
+from ..records import adapter_base_model, read_finetune_record
 from .base import VLM
 
 __all__ = ["load_model", "DEFAULT_MODEL"]
@@ -50,20 +51,6 @@ def _read_config(source: str, trust_remote_code: bool, local_files_only: bool):
             raise AstroVLMError(f"{source} needs custom code from its repository. Only if you trust its authors, "
                                 "pass trust_remote_code=True (--trust-remote-code).") from error
         raise AstroVLMError(f"{source} is not a model transformers can read: {error}") from error
-
-
-def adapter_base_model(adapter) -> str | None:
-    """The base model an adapter directory was trained on (its ``adapter_config.json``), if recorded."""
-    import json
-
-    if adapter is None:
-        return None
-    first = next(iter(adapter.values())) if isinstance(adapter, dict) else adapter
-    try:
-        config = json.loads((Path(first).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config.get("base_model_name_or_path") or None
 
 
 def load_model(spec: str | os.PathLike | None = None, *, device: str | None = None, dtype=None,
@@ -177,8 +164,6 @@ def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_k
     vlm = LocalVLM(model, processor, spec, device=device, dtype=torch_dtype,
                    batch_size=batch_size or (16 if device != "cpu" else 1), processor_kwargs=kwargs)
     if path.is_dir():
-        from ..evaluation import read_finetune_record
-
         record = read_finetune_record(path)  # a model written by `astrovlm finetune --method full`
         if record is not None:
             vlm._records[None] = record

@@ -11,8 +11,8 @@ from typing import Sequence
 
 from ..errors import AstroVLMError
 from ..labelsets import LabelSet
+from ..records import adapter_base_model, read_finetune_record
 from .base import VLM, ModelImage, OperationCancelled, classification_result, text_result
-from .devices import pick_device, pick_dtype
 from .scoring import score_labels_cached
 
 __all__ = ["LocalVLM"]
@@ -108,8 +108,6 @@ class LocalVLM(VLM):
                 else:
                     self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         except (ValueError, KeyError, RuntimeError) as error:  # peft's errors for another architecture
-            from .loading import adapter_base_model
-
             base = adapter_base_model(path)
             hint = f"it was trained on {base}; load that model (--model {base})" if base else \
                 "load the model it was trained on"
@@ -117,8 +115,6 @@ class LocalVLM(VLM):
                                 f"{str(error)[:200]})") from error
         self.model.eval()
         self._adapters.append(name)
-        from ..evaluation import read_finetune_record
-
         record = read_finetune_record(path)
         if record is not None:
             self._records[name] = record

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import AstroVLMError
-from ..evaluation import ADAPTER_RECORD, MODEL_RECORD
+from ..records import ADAPTER_RECORD, MODEL_RECORD
 from ..labelsets import LabelSet
 from ..stretch import DEFAULT_STRETCH, Stretch
 from .architecture import model_parts, lora_target_regex

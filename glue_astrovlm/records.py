@@ -1,0 +1,96 @@
+"""What `astrovlm finetune` records next to an adapter or a model, and how runs read it back.
+
+A fine-tuned adapter (``astrovlm_adapter.json``) or model (``astrovlm_model.json``) carries the label
+set, the stretch and the crop it was trained with, and its base model. `classify`, `eval` and the
+panels read these so that a fine-tuned model is used as it was trained. This module is a leaf: it
+imports only the label-set and stretch value types, so models, evaluation and training can all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .errors import AstroVLMError
+from .labelsets import LabelSet
+from .stretch import Stretch
+
+__all__ = ["ADAPTER_RECORD", "MODEL_RECORD", "read_finetune_record", "recorded_label_set", "recorded_stretch",
+           "recorded_crop", "adapter_base_model", "check_label_set"]
+
+log = logging.getLogger("glue_astrovlm")
+
+#: Files written next to a fine-tuned adapter / model by `astrovlm finetune`.
+ADAPTER_RECORD = "astrovlm_adapter.json"
+MODEL_RECORD = "astrovlm_model.json"
+
+
+def read_finetune_record(path) -> dict | None:
+    """The record `astrovlm finetune` wrote next to an adapter or model (`None` if there is none)."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    for name in (ADAPTER_RECORD, MODEL_RECORD):
+        record = path / name
+        if record.is_file():
+            try:
+                return json.loads(record.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise AstroVLMError(f"{record} is not valid JSON ({error}); re-run astrovlm finetune.") from None
+    return None
+
+
+def recorded_label_set(record: dict | None) -> LabelSet | None:
+    """The label set a fine-tuned adapter or model was trained with."""
+    if not record or not record.get("label_set"):
+        return None
+    data = record["label_set"]
+    return LabelSet(tuple(data["labels"]), tuple(data.get("descriptions") or ()),
+                    data.get("question") or LabelSet(("a", "b")).question, data.get("name", "custom"))
+
+
+def recorded_stretch(record: dict | None, **overrides) -> Stretch:
+    """The stretch a fine-tuned adapter or model was trained with; options given (not `None`) win."""
+    settings = dict((record or {}).get("stretch") or {})
+    settings.update({name: value for name, value in overrides.items() if value is not None})
+    known = ("interval", "stretch", "contrast", "percentile", "a")
+    return Stretch(**{name: value for name, value in settings.items() if name in known})
+
+
+def recorded_crop(record: dict | None, crop: float | None = None) -> float:
+    """The central fraction kept in training (1: the whole image); ``crop``, when given, wins."""
+    return float(crop) if crop is not None else float((record or {}).get("crop", 1.0))
+
+
+def adapter_base_model(adapter) -> str | None:
+    """The base model an adapter directory was trained on (its ``adapter_config.json``), if recorded.
+
+    ``adapter`` is a directory or ``{name: directory}`` (the first is read).
+    """
+    if adapter is None:
+        return None
+    first = next(iter(adapter.values())) if isinstance(adapter, dict) else adapter
+    try:
+        config = json.loads((Path(first).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("base_model_name_or_path") or None if isinstance(config, dict) else None
+
+
+def check_label_set(label_set: LabelSet, path, what: str = "adapter") -> None:
+    """Raise if ``label_set`` differs from the one the adapter or model at ``path`` was trained with.
+
+    A fine-tuned model answers with the labels it learned: scoring it on other labels (or on the
+    same labels described differently) measures nothing useful.
+    """
+    trained = recorded_label_set(read_finetune_record(path))
+    if trained is None:
+        return
+    if set(trained.labels) != set(label_set.labels):
+        raise AstroVLMError(f"The label set {list(label_set.labels)} differs from the {what} {path}'s, which was "
+                            f"trained on {list(trained.labels)}. Evaluate with the labels it was trained on "
+                            "(leave out --labels/--preset to use them), or fine-tune a new one.")
+    if trained.prompt() != label_set.prompt():
+        log.warning("The labels match the %s %s but the question or descriptions differ from its training "
+                    "prompt; results may not reflect its training.", what, path)
