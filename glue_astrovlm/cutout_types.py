@@ -9,7 +9,11 @@ import numpy as np
 
 from .stretch import DEFAULT_STRETCH, Stretch
 
-__all__ = ["Provenance", "Cutout"]
+__all__ = ["Provenance", "Cutout", "OUTSIDE_MODES"]
+
+#: What a cutout shows outside the region it was built from: the pixels as they are, background, or
+#: the pixels dimmed to 30%.
+OUTSIDE_MODES = ("keep", "mask", "dim")
 
 
 @dataclass(frozen=True)

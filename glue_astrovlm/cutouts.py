@@ -14,41 +14,29 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Iterable, Sequence
+from dataclasses import replace
+from typing import Any, Sequence
 
 import numpy as np
 
 from .cubes import as_2d_source
-from .cutout_types import Cutout, Provenance
-from .errors import AstroVLMError
+from .cutout_types import OUTSIDE_MODES, Cutout, Provenance
+from .catalogs import read_table, row_ids, table_positions
+from .errors import AstroVLMError, no_wcs_error
 from .sources import ImageSource, rgb_composite
 from .stretch import DEFAULT_STRETCH, Stretch
 
 # rgb_composite lives with the other sources and is re-exported here, beside the cutouts it feeds
-__all__ = ["cutout_at", "cutouts_from_regions", "cutouts_from_catalog", "whole_image", "rgb_composite",
-           "OUTSIDE_MODES"]
+__all__ = ["cutout_at", "cutouts_from_regions", "cutout_from_mask", "cutout_of_bounds", "cutouts_from_catalog",
+           "whole_image", "rgb_composite", "OUTSIDE_MODES"]
 
 log = logging.getLogger(__name__)
-
-#: What :func:`cutouts_from_regions` may do with pixels outside the region.
-OUTSIDE_MODES = ("keep", "mask", "dim")
-
-_SKY_COLUMNS = (("ra", "dec"), ("raj2000", "dej2000"), ("_raj2000", "_dej2000"), ("ra_deg", "dec_deg"),
-                ("radeg", "dedeg"), ("alpha_j2000", "delta_j2000"), ("glon", "glat"))
-_PIXEL_COLUMNS = (("x", "y"), ("xcentroid", "ycentroid"), ("x_centroid", "y_centroid"),
-                  ("xcenter", "ycenter"), ("x_image", "y_image"), ("x_pix", "y_pix"))
-_ID_COLUMNS = ("id", "source_id", "name", "label", "objid", "object")
 
 
 def _check_stretch(stretch) -> Stretch:
     if not isinstance(stretch, Stretch):
         raise AstroVLMError(f"stretch must be a glue_astrovlm.Stretch, got {type(stretch).__name__}.")
     return stretch
-
-
-def _no_wcs_error(source: ImageSource, what: str) -> AstroVLMError:
-    return AstroVLMError(f"{source.label} has no celestial WCS, so {what} cannot be placed on it; give "
-                         "pixel positions (x y) and sizes in pixels instead.")
 
 
 def _describe_position(position) -> str:
@@ -70,7 +58,7 @@ def _pixel_position(source: ImageSource, position) -> tuple[float, float, Any]:
         if not position.isscalar:
             raise AstroVLMError("cutout_at takes one position; use cutouts_from_catalog for many.")
         if wcs is None:
-            raise _no_wcs_error(source, f"the sky position {_describe_position(position)}")
+            raise no_wcs_error(source.label, f"the sky position {_describe_position(position)}")
         x, y = wcs.world_to_pixel(position)
         return float(x), float(y), position
     if isinstance(position, PixCoord):
@@ -116,7 +104,7 @@ def _pixel_size(source: ImageSource, size) -> tuple[int, int]:
                 pixels = side.value
             elif side.unit.physical_type == "angle":
                 if wcs is None:
-                    raise _no_wcs_error(source, f"an angular size of {side}")
+                    raise no_wcs_error(source.label, f"an angular size of {side}")
                 scale = proj_plane_pixel_scales(wcs)[1 - axis] * u.Unit(wcs.wcs.cunit[1 - axis] or "deg")
                 pixels = (side / scale).decompose().value
             else:
@@ -267,8 +255,82 @@ def _mask_in_cutout(region_mask, bbox) -> np.ndarray:
     return mask
 
 
+def _region_bbox_text(box) -> str:
+    return f"x {box.ixmin}..{box.ixmax - 1}, y {box.iymin}..{box.iymax - 1}"
+
+
+def _pixel_shape(source: ImageSource, index: int, region):
+    """The region in the source's pixels (sky regions through its WCS)."""
+    from regions import PixelRegion, SkyRegion
+
+    if isinstance(region, SkyRegion):
+        if source.celestial_wcs is None:
+            raise no_wcs_error(source.label, f"sky region {index} ({type(region).__name__})")
+        region = region.to_pixel(source.celestial_wcs)
+    if not isinstance(region, PixelRegion):
+        raise AstroVLMError(f"Region {index} ({type(region).__name__}) is not a pixel or sky region.")
+    return region
+
+
+def _point_cutout(source: ImageSource, index: int, region, size, stretch: Stretch) -> Cutout | None:
+    """A cutout of ``size`` around a region without area (a point or a line), or `None` without a size."""
+    name = f"Region {index} ({type(region).__name__})"
+    center = getattr(region, "center", None)
+    if center is None and hasattr(region, "start"):
+        center = type(region.start)((region.start.x + region.end.x) / 2, (region.start.y + region.end.y) / 2)
+    if size is None or center is None:
+        log.warning("%s has no area and is skipped; give a cutout size (--size) to send a box around it.", name)
+        return None
+    cutout = cutout_at(source, (float(center.x), float(center.y)), size, stretch=stretch, source_id=str(index))
+    extra = {**cutout.provenance.extra, "region_index": index}
+    if region.meta.get("text"):
+        extra["text"] = region.meta["text"]
+    return replace(cutout, provenance=replace(cutout.provenance, extra=extra))
+
+
+def _region_cutout(source: ImageSource, index: int, region, outside: str, padding: float, stretch: Stretch,
+                   point_size) -> Cutout | None:
+    """The cutout of one region: its bounding box plus padding, with the region as the mask."""
+    region = _pixel_shape(source, index, region)
+    name = f"Region {index} ({type(region).__name__})"
+    ny_img, nx_img = source.image_shape
+    try:
+        box = region.bounding_box
+        region_mask = region.to_mask(mode="center")
+    except (NotImplementedError, ValueError, AttributeError):
+        return _point_cutout(source, index, region, point_size, stretch)
+    if box.ixmax <= 0 or box.iymax <= 0 or box.ixmin >= nx_img or box.iymin >= ny_img:
+        raise AstroVLMError(f"{name} lies outside the image {source.label}: it spans {_region_bbox_text(box)}, "
+                            f"while the image covers x 0..{nx_img - 1}, y 0..{ny_img - 1} ({nx_img} x {ny_img} "
+                            "pixels). Check the region's coordinates and that it belongs to this image.")
+    if region_mask.data.sum() == 0:
+        return _point_cutout(source, index, region, point_size, stretch)
+    pad_x = int(math.ceil(padding * (box.ixmax - box.ixmin)))
+    pad_y = int(math.ceil(padding * (box.iymax - box.iymin)))
+    nx = box.ixmax - box.ixmin + 2 * pad_x
+    ny = box.iymax - box.iymin + 2 * pad_y
+    # centre chosen so that Cutout2D's box starts exactly at (ixmin - pad_x, iymin - pad_y)
+    data, cut_wcs, bbox = _extract(source, box.ixmin - pad_x + nx / 2, box.iymin - pad_y + ny / 2, ny, nx)
+    mask = _mask_in_cutout(region_mask, bbox)
+    if not _has_finite(data, mask):
+        raise AstroVLMError(f"{name} covers only NaN/blank pixels of {source.label}; nothing to show "
+                            "the model. Move the region onto valid data.")
+    center = getattr(region, "center", None)
+    if center is not None:
+        x, y = float(center.x), float(center.y)
+    else:
+        x, y = (box.ixmin + box.ixmax - 1) / 2, (box.iymin + box.iymax - 1) / 2
+    sky = source.celestial_wcs.pixel_to_world(x, y) if source.celestial_wcs is not None else None
+    extra = {"region_index": index}
+    if region.meta.get("text"):
+        extra["text"] = region.meta["text"]
+    provenance = _provenance(source, bbox, x, y, sky, str(index), region, extra)
+    return Cutout(data=data, provenance=provenance, wcs=cut_wcs, stretch=stretch, mask=mask, outside=outside)
+
+
 def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: float = 0.1,
-                         stretch: Stretch = DEFAULT_STRETCH, cube: dict | None = None) -> list[Cutout]:
+                         stretch: Stretch = DEFAULT_STRETCH, cube: dict | None = None,
+                         point_size=None) -> list[Cutout]:
     """One cutout per region: its bounding box plus padding, with the region as the cutout's mask.
 
     Parameters
@@ -285,6 +347,9 @@ def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: flo
         How values become display levels.
     cube : dict, optional
         For a cube: arguments of :func:`~glue_astrovlm.cubes.reduce_cube`.
+    point_size : int, tuple or Quantity, optional
+        Regions without area (points, lines) become cutouts of this size around their centre;
+        without it they are skipped with a warning.
 
     Returns
     -------
@@ -296,11 +361,9 @@ def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: flo
     Raises
     ------
     AstroVLMError
-        Sky regions without a celestial WCS, points or lines (no area), a region entirely outside the
-        image, or a region covering only NaN pixels.
+        Sky regions without a celestial WCS, a region entirely outside the image (with the image's
+        extent), a region covering only NaN pixels, or no region left to send.
     """
-    from regions import PixelRegion, SkyRegion
-
     stretch = _check_stretch(stretch)
     if outside not in OUTSIDE_MODES:
         raise AstroVLMError(f"outside must be one of {', '.join(OUTSIDE_MODES)}, got {outside!r}.")
@@ -310,148 +373,65 @@ def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: flo
     shapes = _read_regions(regions)
     if not shapes:
         raise AstroVLMError("No regions given; draw or load at least one region.")
-    wcs = source.celestial_wcs
-    ny_img, nx_img = source.image_shape
-    cutouts = []
-    for index, region in enumerate(shapes):
-        name = f"Region {index} ({type(region).__name__})"
-        if isinstance(region, SkyRegion):
-            if wcs is None:
-                raise _no_wcs_error(source, f"sky region {index} ({type(region).__name__})")
-            region = region.to_pixel(wcs)
-        if not isinstance(region, PixelRegion):
-            raise AstroVLMError(f"{name} is not a pixel or sky region.")
-        try:
-            region_mask = region.to_mask(mode="center")
-            box = region.bounding_box
-        except (NotImplementedError, ValueError):
-            raise AstroVLMError(f"{name} has no area; use cutout_at(source, position, size) or "
-                                "cutouts_from_catalog for points.") from None
-        if box.ixmax <= 0 or box.iymax <= 0 or box.ixmin >= nx_img or box.iymin >= ny_img:
-            raise AstroVLMError(f"{name} spans x {box.ixmin}..{box.ixmax - 1}, "
-                                f"y {box.iymin}..{box.iymax - 1}, entirely outside the image {source.label} "
-                                f"({nx_img} x {ny_img} pixels). "
-                                "Check the region's coordinate system and image.")
-        pad_x = int(math.ceil(padding * (box.ixmax - box.ixmin)))
-        pad_y = int(math.ceil(padding * (box.iymax - box.iymin)))
-        nx = box.ixmax - box.ixmin + 2 * pad_x
-        ny = box.iymax - box.iymin + 2 * pad_y
-        # centre chosen so that Cutout2D's box starts exactly at (ixmin - pad_x, iymin - pad_y)
-        data, cut_wcs, bbox = _extract(source, box.ixmin - pad_x + nx / 2, box.iymin - pad_y + ny / 2, ny, nx)
-        mask = _mask_in_cutout(region_mask, bbox)
-        if not _has_finite(data, mask):
-            raise AstroVLMError(f"{name} covers only NaN/blank pixels of {source.label}; nothing to show "
-                                "the model. Move the region onto valid data.")
-        center = getattr(region, "center", None)
-        if center is not None:
-            x, y = float(center.x), float(center.y)
-        else:
-            x, y = (box.ixmin + box.ixmax - 1) / 2, (box.iymin + box.iymax - 1) / 2
-        sky = wcs.pixel_to_world(x, y) if wcs is not None else None
-        extra = {"region_index": index}
-        if region.meta.get("text"):
-            extra["text"] = region.meta["text"]
-        provenance = _provenance(source, bbox, x, y, sky, str(index), region, extra)
-        cutouts.append(Cutout(data=data, provenance=provenance, wcs=cut_wcs, stretch=stretch, mask=mask,
-                              outside=outside))
+    cutouts = [_region_cutout(source, index, region, outside, padding, stretch, point_size)
+               for index, region in enumerate(shapes)]
+    cutouts = [cutout for cutout in cutouts if cutout is not None]
+    if not cutouts:
+        raise AstroVLMError("Every region is a point or a line, which has no area to cut out; give a cutout "
+                            "size (--size 64) to send a box around each.")
     return cutouts
 
 
-def _read_table(table):
-    from astropy.table import Table
+def cutout_from_mask(source, mask, *, outside: str = "keep", padding: float = 0.1,
+                     stretch: Stretch = DEFAULT_STRETCH, cube: dict | None = None, source_id: str = "mask") -> Cutout:
+    """The cutout of the pixels a boolean mask selects (e.g. a glue subset on pixel values).
 
-    if isinstance(table, (str, os.PathLike)):
-        path = os.fspath(table)
-        if not os.path.exists(path):
-            raise AstroVLMError(f"No such catalogue file: {path}.")
-        try:
-            return Table.read(path)
-        except Exception as exc:  # astropy's readers raise many types
-            raise AstroVLMError(f"Could not read a table from {path} ({exc}); use ECSV, FITS, VOTable or "
-                                "CSV with a header line.") from None
-    if isinstance(table, Table):
-        return table
-    try:
-        return Table(table)
-    except Exception:
-        raise AstroVLMError(f"Cannot read a catalogue from a {type(table).__name__}; pass an astropy Table "
-                            "or a table file path.") from None
+    Parameters
+    ----------
+    source : ImageSource, path, NDData or array
+        A 2-D image or RGB composite (a cube needs ``cube=``).
+    mask : numpy.ndarray
+        Boolean ``(ny, nx)`` on the image's pixels (a cube's 3-D mask is collapsed over channels).
+    outside, padding, stretch, cube
+        As in `cutouts_from_regions`; the bounding box of the selected pixels plays the region.
+    source_id : str, optional
+        Identifier of the result.
+    """
+    from regions import PixCoord, RectanglePixelRegion
 
-
-def _find_column(table, names: Iterable[str]) -> str | None:
-    lower = {name.lower(): name for name in table.colnames}
-    for name in names:
-        if name.lower() in lower:
-            return lower[name.lower()]
-    return None
-
-
-def _column_values(table, name: str) -> np.ndarray:
-    column = table[name]
-    if hasattr(column, "filled"):
-        column = column.filled(np.nan) if column.dtype.kind == "f" else column.filled()
-    return np.asarray(column)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim == 3:
+        mask = mask.any(axis=0)
+    if not mask.any():
+        raise AstroVLMError(f"The selection {source_id!r} holds no pixels; draw it on the image.")
+    rows, cols = np.nonzero(mask)
+    box = RectanglePixelRegion(PixCoord((cols.min() + cols.max()) / 2, (rows.min() + rows.max()) / 2),
+                               width=cols.max() - cols.min() + 1, height=rows.max() - rows.min() + 1)
+    cutout = cutouts_from_regions(source, [box], padding=padding, stretch=stretch, cube=cube)[0]
+    xmin, xmax, ymin, ymax = cutout.provenance.bbox
+    sub_mask = np.zeros(cutout.shape, bool)
+    ys, xs = slice(max(ymin, 0), min(ymax, mask.shape[0])), slice(max(xmin, 0), min(xmax, mask.shape[1]))
+    sub_mask[ys.start - ymin:ys.stop - ymin, xs.start - xmin:xs.stop - xmin] = mask[ys, xs]
+    provenance = replace(cutout.provenance, source_id=str(source_id))
+    return replace(cutout, mask=sub_mask, outside=outside, provenance=provenance)
 
 
-def _catalog_positions(source: ImageSource, table, ra_col, dec_col, x_col, y_col):
-    """Pixel x, y arrays, sky positions (or None) and a text naming the columns used."""
-    import astropy.units as u
-    from astropy.coordinates import SkyCoord
+def cutout_of_bounds(source, bounds, *, stretch: Stretch = DEFAULT_STRETCH, cube: dict | None = None,
+                     source_id: str = "view") -> Cutout:
+    """The part of an image inside pixel limits ``(x_min, x_max, y_min, y_max)``, e.g. what a viewer shows.
 
-    wcs = source.celestial_wcs
-    if (x_col is None) != (y_col is None) or (ra_col is None) != (dec_col is None):
-        raise AstroVLMError("Give both x_col and y_col, or both ra_col and dec_col.")
-    if x_col is None and ra_col is None:
-        sky_col = next((n for n in table.colnames if isinstance(table[n], SkyCoord)), None)
-        pair = next(((_find_column(table, [a]), _find_column(table, [b])) for a, b in _SKY_COLUMNS
-                     if _find_column(table, [a]) and _find_column(table, [b])), None)
-        pix = next(((_find_column(table, [a]), _find_column(table, [b])) for a, b in _PIXEL_COLUMNS
-                    if _find_column(table, [a]) and _find_column(table, [b])), None)
-        has_sky = sky_col is not None or pair is not None
-        if has_sky and (wcs is not None or pix is None):
-            if sky_col is not None:
-                return _sky_to_pixels(source, table[sky_col], f"column {sky_col}")
-            ra_col, dec_col = pair
-        elif pix is not None:
-            x_col, y_col = pix
-        else:
-            raise AstroVLMError(f"Found no position columns in the catalogue (columns: "
-                                f"{', '.join(table.colnames)}). Pass ra_col/dec_col (degrees) or x_col/y_col "
-                                "(0-based pixels).")
-    if x_col is not None:
-        for name in (x_col, y_col):
-            if name not in table.colnames:
-                raise AstroVLMError(f"No column {name!r} in the catalogue; columns are "
-                                f"{', '.join(table.colnames)}.")
-        x = _column_values(table, x_col).astype(float)
-        y = _column_values(table, y_col).astype(float)
-        sky = wcs.pixel_to_world(x, y) if wcs is not None else None
-        return x, y, sky, f"columns {x_col}, {y_col}"
-    for name in (ra_col, dec_col):
-        if name not in table.colnames:
-            raise AstroVLMError(f"No column {name!r} in the catalogue; columns are "
-                                f"{', '.join(table.colnames)}.")
-    frame = "galactic" if ra_col.lower() == "glon" else "icrs"
-    ra, dec = table[ra_col], table[dec_col]
-    try:
-        if ra.dtype.kind in "US":
-            coords = SkyCoord(np.asarray(ra), np.asarray(dec), unit=(u.hourangle, u.deg), frame=frame)
-        else:
-            ra_q = u.Quantity(_column_values(table, ra_col), ra.unit or u.deg)
-            dec_q = u.Quantity(_column_values(table, dec_col), dec.unit or u.deg)
-            coords = SkyCoord(ra_q, dec_q, frame=frame)
-    except (ValueError, u.UnitsError) as exc:
-        raise AstroVLMError(f"Could not read sky positions from columns {ra_col}, {dec_col} ({exc}); give "
-                            "degrees or sexagesimal strings.") from None
-    return _sky_to_pixels(source, coords, f"columns {ra_col}, {dec_col}")
-
-
-def _sky_to_pixels(source: ImageSource, coords, columns: str):
-    wcs = source.celestial_wcs
-    if wcs is None:
-        raise _no_wcs_error(source, f"the catalogue's sky positions ({columns})")
-    x, y = wcs.world_to_pixel(coords)
-    return np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float)), coords, columns
+    The limits are clipped to the image; nothing visible raises `AstroVLMError`.
+    """
+    source = as_2d_source(source, cube)
+    x_min, x_max, y_min, y_max = (float(v) for v in bounds)
+    ny, nx = source.image_shape
+    x0, x1 = max(x_min, -0.5), min(x_max, nx - 0.5)
+    y0, y1 = max(y_min, -0.5), min(y_max, ny - 0.5)
+    if x1 <= x0 or y1 <= y0:
+        raise AstroVLMError(f"The area x {x_min:g}..{x_max:g}, y {y_min:g}..{y_max:g} shows no part of "
+                            f"{source.label} ({nx} x {ny} pixels); zoom or pan onto the image.")
+    size = (max(1, int(round(y1 - y0))), max(1, int(round(x1 - x0))))
+    return cutout_at(source, ((x0 + x1) / 2, (y0 + y1) / 2), size, stretch=stretch, source_id=source_id)
 
 
 def _id_list(ids: Sequence[str], limit: int = 20) -> str:
@@ -505,24 +485,14 @@ def cutouts_from_catalog(source, table, *, size, ra_col: str | None = None, dec_
     """
     stretch = _check_stretch(stretch)
     source = as_2d_source(source, cube)
-    table = _read_table(table)
+    table = read_table(table)
     if len(table) == 0:
         raise AstroVLMError("The catalogue has no rows.")
-    x, y, sky, columns = _catalog_positions(source, table, ra_col, dec_col, x_col, y_col)
-    if id_col is None:
-        id_col = _find_column(table, _ID_COLUMNS)
-    elif id_col not in table.colnames:
-        raise AstroVLMError(f"No column {id_col!r} in the catalogue; columns are "
-                                f"{', '.join(table.colnames)}.")
-    ids = [str(v) for v in table[id_col]] if id_col else [str(i) for i in range(len(table))]
-    ny_img, nx_img = source.image_shape
-    with np.errstate(invalid="ignore"):
-        inside = (x >= -0.5) & (x < nx_img - 0.5) & (y >= -0.5) & (y < ny_img - 0.5)  # NaN is outside
-    outside_ids = [ids[i] for i in np.flatnonzero(~inside)]
-    if outside_ids and not skip_outside:
-        raise AstroVLMError(f"{len(outside_ids)} catalogue rows ({columns}) lie outside the image "
-                            f"{source.label} ({nx_img} x {ny_img} pixels): ids {_id_list(outside_ids)}. Pass "
-                            "skip_outside=True to leave them out, or use a catalogue for this field.")
+    positions = table_positions(table, source.celestial_wcs, source.label, ra_col=ra_col, dec_col=dec_col,
+                                x_col=x_col, y_col=y_col)
+    x, y, sky = positions.x, positions.y, positions.sky
+    ids = row_ids(table, id_col)
+    inside, outside_ids = _rows_inside(source, positions, ids, skip_outside)
     ny, nx = _pixel_size(source, size)
     cutouts, blank_ids = [], []
     for row in np.flatnonzero(inside):
@@ -535,17 +505,36 @@ def cutouts_from_catalog(source, table, *, size, ra_col: str | None = None, dec_
         row_sky = sky[row] if sky is not None else None
         provenance = _provenance(source, bbox, x[row], y[row], row_sky, ids[row], extra={"row": int(row)})
         cutouts.append(Cutout(data=data, provenance=provenance, wcs=wcs, stretch=stretch))
+    _report_skipped(source, outside_ids, blank_ids, skip_outside, found=len(cutouts))
+    return cutouts
+
+
+def _rows_inside(source: ImageSource, positions, ids, skip_outside: bool):
+    """Which rows fall on the image, and the ids of those that do not (an error unless skipped)."""
+    ny_img, nx_img = source.image_shape
+    x, y = positions.x, positions.y
+    with np.errstate(invalid="ignore"):
+        inside = (x >= -0.5) & (x < nx_img - 0.5) & (y >= -0.5) & (y < ny_img - 0.5)  # NaN is outside
+    outside_ids = [ids[i] for i in np.flatnonzero(~inside)]
+    if outside_ids and not skip_outside:
+        raise AstroVLMError(f"{len(outside_ids)} catalogue rows ({positions.columns}) lie outside the image "
+                            f"{source.label} ({nx_img} x {ny_img} pixels): ids {_id_list(outside_ids)}. Pass "
+                            "skip_outside=True (--skip-outside) to leave them out, or use a catalogue for this "
+                            "field.")
+    return inside, outside_ids
+
+
+def _report_skipped(source: ImageSource, outside_ids, blank_ids, skip_outside: bool, found: int) -> None:
     if blank_ids and not skip_outside:
         raise AstroVLMError(f"{len(blank_ids)} catalogue rows fall on NaN-only pixels of {source.label}: ids "
-                            f"{_id_list(blank_ids)}. Pass skip_outside=True to leave them out.")
+                            f"{_id_list(blank_ids)}. Pass skip_outside=True (--skip-outside) to leave them out.")
     skipped = outside_ids + blank_ids
     if skipped:
         log.warning("Skipped %d catalogue rows outside %s or on blank pixels: %s", len(skipped), source.label,
                     _id_list(skipped))
-    if not cutouts:
+    if not found:
         raise AstroVLMError(f"No catalogue row lies on valid pixels of {source.label}; check that the "
                             "catalogue and the image cover the same field.")
-    return cutouts
 
 
 def _block_mean(source: ImageSource, factor: int) -> np.ndarray:

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .catalogs import (CAPTION_COLUMNS, FILE_COLUMNS, LABEL_COLUMNS, PIXEL_COLUMNS, SKY_COLUMNS, find_column,
+                       find_pair, read_table)
 from .errors import AstroVLMError
 from .labelsets import LabelSet
 from .stretch import DEFAULT_STRETCH, Stretch
@@ -42,9 +44,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".fits", ".fit", ".f
 #: What a dataset holds: class labels, multi-turn conversations or captions.
 DATASET_KINDS = ("classification", "conversation", "caption")
 
-_FILE_COLUMNS = ("file", "filename", "path", "image", "file_name")
-_LABEL_COLUMNS = ("label", "class", "labels", "category", "morphology")
-_CAPTION_COLUMNS = ("caption", "text", "description")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant"}
 
 
@@ -336,29 +335,6 @@ def load_image_folders(root: str | os.PathLike, labels: Sequence[str] | None = N
     return ImageDataset(items, "classification", str(root), tuple(f.name for f in folders))
 
 
-def _read_table(path: Path):
-    from astropy.table import Table
-
-    if not path.is_file():
-        raise AstroVLMError(f"No such table: {path}.")
-    try:
-        if path.suffix.lower() == ".csv":
-            return Table.read(path, format="ascii.csv")
-        return Table.read(path)
-    except Exception as error:  # astropy's readers raise many types
-        raise AstroVLMError(f"Could not read a table from {path} ({error}); use ECSV, CSV with a header line, "
-                            "FITS or VOTable.") from None
-
-
-def _column(table, names: Sequence[str], given: str | None, what: str, path) -> str | None:
-    if given is not None:
-        if given not in table.colnames:
-            raise AstroVLMError(f"No column {given!r} in {path}; columns are {', '.join(table.colnames)}.")
-        return given
-    lower = {name.lower(): name for name in table.colnames}
-    return next((lower[n] for n in names if n in lower), None)
-
-
 def _cell(value) -> str:
     if np.ma.is_masked(value):
         return ""
@@ -373,12 +349,51 @@ def _row_position(table, row, ra_col, dec_col, x_col, y_col):
 
     if ra_col and dec_col:
         ra, dec = table[ra_col][row], table[dec_col][row]
+        frame = "galactic" if ra_col.lower() == "glon" else "icrs"
         if isinstance(ra, str):
-            return SkyCoord(ra, dec, unit=(u.hourangle, u.deg))
-        return SkyCoord(float(ra), float(dec), unit=(table[ra_col].unit or u.deg, table[dec_col].unit or u.deg))
+            return SkyCoord(ra, dec, unit=(u.hourangle, u.deg), frame=frame)
+        return SkyCoord(float(ra), float(dec), unit=(table[ra_col].unit or u.deg, table[dec_col].unit or u.deg),
+                        frame=frame)
     if x_col and y_col:
         return (float(table[x_col][row]), float(table[y_col][row]))
     return None
+
+
+def _table_columns(table, path, file_col, label_col, caption_col) -> dict:
+    """The columns a dataset table is read by; explicit names win over the shared vocabulary."""
+    columns = {"file": find_column(table, FILE_COLUMNS, file_col, path),
+               "label": find_column(table, LABEL_COLUMNS, label_col, path),
+               "caption": find_column(table, CAPTION_COLUMNS, caption_col, path),
+               "sky": find_pair(table, SKY_COLUMNS), "pixel": find_pair(table, PIXEL_COLUMNS),
+               "size": find_column(table, ["size"]), "hdu": find_column(table, ["hdu"])}
+    if columns["file"] is None:
+        raise AstroVLMError(f"{path} has no file column ({'/'.join(FILE_COLUMNS)}); columns are "
+                            f"{', '.join(table.colnames)}.")
+    if columns["label"] is None and columns["caption"] is None:
+        raise AstroVLMError(f"{path} has neither a label column ({'/'.join(LABEL_COLUMNS)}) nor a caption column "
+                            f"({'/'.join(CAPTION_COLUMNS)}); columns are {', '.join(table.colnames)}.")
+    return columns
+
+
+def _table_item(table, row: int, columns: dict, root: Path, size) -> ImageItem | None:
+    """The item of one table row, or `None` when its file name or label/caption is empty."""
+    name = _cell(table[columns["file"]][row])
+    file = Path(name).expanduser()
+    file = file if file.is_absolute() else root / file
+    labelled = columns["label"] is not None
+    value = _cell(table[columns["label"] if labelled else columns["caption"]][row])
+    if not name or not value:
+        return None
+    sky, pixel = columns["sky"] or (None, None), columns["pixel"] or (None, None)
+    position = _row_position(table, row, *sky, *pixel)
+    row_size = int(table[columns["size"]][row]) if columns["size"] is not None and position is not None else None
+    if position is not None and row_size is None:
+        row_size = size if size is not None else 128
+    hdu = _cell(table[columns["hdu"]][row]) if columns["hdu"] is not None else None
+    hdu = int(hdu) if hdu is not None and hdu.lstrip("-").isdigit() else (hdu or None)
+    item_id = _stem(file) if position is None else f"{_stem(file)}:{row}"
+    return ImageItem(path=file, label=value if labelled else None, caption=None if labelled else value,
+                     position=position, size=row_size, hdu=hdu, item_id=item_id)
 
 
 def load_image_table(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
@@ -393,11 +408,12 @@ def load_image_table(path: str | os.PathLike, *, image_root: str | os.PathLike |
     image_root : path-like, optional
         Folder that relative file names are read from; by default the table's folder.
     file_col, label_col, caption_col : str, optional
-        Column names; by default ``file``/``filename``/``path``/``image``, ``label``/``class`` and
-        ``caption``/``text``.
+        Column names; by default the first of `~glue_astrovlm.catalogs.FILE_COLUMNS`,
+        ``LABEL_COLUMNS`` and ``CAPTION_COLUMNS`` (``file``, ``label``/``class``, ``caption``, ...).
     size : int, tuple or `~astropy.units.Quantity`, optional
-        Cutout size for rows with a position (``ra``/``dec`` in degrees or ``x``/``y`` pixels);
-        a ``size`` column (pixels) wins. Rows with a position and no size get 128 pixels.
+        Cutout size for rows with a position (any RA/Dec or pixel pair of the shared catalogue
+        vocabulary, `~glue_astrovlm.catalogs.SKY_COLUMNS` / ``PIXEL_COLUMNS``); a ``size`` column
+        (pixels) wins. Rows with a position and no size get 128 pixels.
 
     Raises
     ------
@@ -405,48 +421,24 @@ def load_image_table(path: str | os.PathLike, *, image_root: str | os.PathLike |
         Missing columns, empty labels or captions, or files that do not exist.
     """
     path = Path(path).expanduser()
-    table = _read_table(path)
+    table = read_table(path, "dataset table")
     if len(table) == 0:
         raise AstroVLMError(f"The table {path} has no rows.")
     root = Path(image_root).expanduser() if image_root is not None else path.parent
-    file_col = _column(table, _FILE_COLUMNS, file_col, "file", path)
-    if file_col is None:
-        raise AstroVLMError(f"{path} has no file column ({'/'.join(_FILE_COLUMNS)}); columns are "
-                            f"{', '.join(table.colnames)}.")
-    label_col = _column(table, _LABEL_COLUMNS, label_col, "label", path)
-    caption_col = _column(table, _CAPTION_COLUMNS, caption_col, "caption", path)
-    if label_col is None and caption_col is None:
-        raise AstroVLMError(f"{path} has neither a label column ({'/'.join(_LABEL_COLUMNS)}) nor a caption column "
-                            f"({'/'.join(_CAPTION_COLUMNS)}); columns are {', '.join(table.colnames)}.")
-    lower = {name.lower(): name for name in table.colnames}
-    ra_col, dec_col = lower.get("ra"), lower.get("dec")
-    x_col, y_col = lower.get("x"), lower.get("y")
-    size_col, hdu_col = lower.get("size"), lower.get("hdu")
+    columns = _table_columns(table, path, file_col, label_col, caption_col)
     items, empty_rows = [], []
     for row in range(len(table)):
-        name = _cell(table[file_col][row])
-        file = Path(name).expanduser()
-        file = file if file.is_absolute() else root / file
-        value = _cell(table[label_col if label_col else caption_col][row])
-        if not name or not value:
+        item = _table_item(table, row, columns, root, size)
+        if item is None:
             empty_rows.append(str(row))
-            continue
-        position = _row_position(table, row, ra_col, dec_col, x_col, y_col)
-        row_size = int(table[size_col][row]) if size_col is not None and position is not None else None
-        if position is not None and row_size is None:
-            row_size = size if size is not None else 128
-        hdu = _cell(table[hdu_col][row]) if hdu_col is not None else None
-        hdu = int(hdu) if hdu is not None and hdu.lstrip("-").isdigit() else (hdu or None)
-        item_id = _stem(file) if position is None else f"{_stem(file)}:{row}"
-        items.append(ImageItem(path=file, label=value if label_col else None,
-                               caption=value if not label_col else None, position=position, size=row_size,
-                               hdu=hdu, item_id=item_id))
+        else:
+            items.append(item)
     if empty_rows:
-        what = "label" if label_col else "caption"
+        what = "label" if columns["label"] else "caption"
         raise AstroVLMError(f"Rows {_id_list(empty_rows)} of {path} have an empty file name or {what}. Every "
                             "image must be labelled; remove those rows or fill them in.")
     _check_files([item.path for item in items], str(path))
-    kind = "classification" if label_col else "caption"
+    kind = "classification" if columns["label"] else "caption"
     return ImageDataset(_unique_ids(items), kind, str(path))
 
 
@@ -480,11 +472,11 @@ def load_fits_catalog(image: str | os.PathLike, catalog, *, label_col: str | Non
 
     image = Path(image).expanduser()
     source = open_image(image, hdu=hdu)
-    table = catalog if isinstance(catalog, Table) else _read_table(Path(catalog).expanduser())
+    table = read_table(catalog)
     where = catalog if not isinstance(catalog, Table) else "the catalogue"
-    label_col = _column(table, _LABEL_COLUMNS, label_col, "label", where)
+    label_col = find_column(table, LABEL_COLUMNS, label_col, where)
     if label_col is None:
-        raise AstroVLMError(f"{where} has no label column ({'/'.join(_LABEL_COLUMNS)}); columns are "
+        raise AstroVLMError(f"{where} has no label column ({'/'.join(LABEL_COLUMNS)}); columns are "
                             f"{', '.join(table.colnames)}. Pass --label-column.")
     labels = [_cell(v) for v in table[label_col]]
     unlabelled = [str(i) for i, label in enumerate(labels) if not label]

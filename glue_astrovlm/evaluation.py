@@ -36,7 +36,7 @@ import numpy as np
 from .errors import AstroVLMError
 from .labelsets import LabelSet
 from .metrics import ClassificationMetrics, compute_metrics
-from .results import Result, atomic_write, probability_column
+from .results import Result, atomic_write, probability_columns
 from .stretch import DEFAULT_STRETCH, Stretch
 
 __all__ = ["System", "SystemResult", "EvaluationReport", "evaluate", "classify_cutouts", "REPORT_FORMATS"]
@@ -65,24 +65,22 @@ class System:
     adapter: object = ...
 
 
-def classify_cutouts(vlm, cutouts: Sequence, label_set: LabelSet, *, adapter=..., chunk: int | None = None,
+def classify_cutouts(vlm, cutouts: Sequence, label_set: LabelSet, *, adapter=...,
                      progress: Callable[[int], None] | None = None) -> list[Result]:
-    """`VLM.classify` over ``cutouts`` in chunks, calling ``progress(n_done_in_chunk)`` after each.
+    """`VLM.classify` over ``cutouts``, calling ``progress(n_newly_done)`` after each batch.
 
-    This is the scoring of `astrovlm eval` and of the validation during `astrovlm finetune`.
+    This is the scoring of `astrovlm eval` and of the validation during `astrovlm finetune`: the
+    model's own batching, progress and cancellation, with ``adapter`` (a name, or `None` for the base
+    model) active for the call.
     """
-    chunk = chunk or max(1, getattr(vlm, "batch_size", 4))
-    results: list[Result] = []
-    for start in range(0, len(cutouts), chunk):
-        part = cutouts[start:start + chunk]
-        if adapter is ...:
-            got = vlm.classify(part, label_set)
-        else:
-            got = vlm.classify(part, label_set, adapter=adapter)
-        results.extend(got)
-        if progress is not None:
-            progress(len(got))
-    return results
+    reported = [0]
+
+    def report(done: int, _total: int) -> None:
+        progress(done - reported[0])
+        reported[0] = done
+
+    options = {} if adapter is ... else {"adapter": adapter}
+    return vlm.classify(cutouts, label_set, progress=report if progress is not None else None, **options)
 
 
 def probability_matrix(results: Sequence[Result], labels: Sequence[str]) -> np.ndarray:
@@ -134,6 +132,7 @@ class EvaluationReport:
         from astropy.table import Table
 
         labels = self.label_set.labels
+        columns = probability_columns(labels)
         rows = []
         for system in self.systems:
             for item, result in zip(self.dataset.items, system.results):
@@ -150,7 +149,7 @@ class EvaluationReport:
                        "adapter": system.adapter or "", "pred_label": result.label,
                        "confidence": float(result.confidence), "correct": result.label == item.label}
                 for label in labels:
-                    row[probability_column(label)] = float(result.probabilities[label])
+                    row[columns[label]] = float(result.probabilities[label])
                 rows.append(row)
         table = Table(rows=rows, names=list(rows[0]))
         for name in ("x_pix", "y_pix"):
@@ -158,7 +157,7 @@ class EvaluationReport:
         for name in ("ra", "dec"):
             table[name].unit = "deg"
         table.meta.update({"generator": "glue-astrovlm eval", "labels": list(labels),
-                           "probability_columns": {label: probability_column(label) for label in labels},
+                           "probability_columns": columns,
                            "prompt_hash": self.label_set.prompt_hash(), "stretch": self.stretch.describe(),
                            "crop": self.crop})
         return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AstroVLMError
@@ -17,7 +18,8 @@ from .labelsets import LabelSet
 from .stretch import Stretch
 
 __all__ = ["ADAPTER_RECORD", "MODEL_RECORD", "read_finetune_record", "recorded_label_set", "recorded_stretch",
-           "recorded_crop", "adapter_base_model", "check_label_set"]
+           "recorded_crop", "adapter_base_model", "check_label_set", "finetune_records", "EvaluationSetup",
+           "evaluation_setup"]
 
 log = logging.getLogger("glue_astrovlm")
 
@@ -94,3 +96,64 @@ def check_label_set(label_set: LabelSet, path, what: str = "adapter") -> None:
     if trained.prompt() != label_set.prompt():
         log.warning("The labels match the %s %s but the question or descriptions differ from its training "
                     "prompt; results may not reflect its training.", what, path)
+
+
+def finetune_records(places) -> list[tuple[str, str, dict]]:
+    """``(path, 'adapter' or 'model', record)`` for each of ``places`` (``(path, kind)`` pairs) that is a
+    folder written by `astrovlm finetune`; others (Hub ids, server URLs, plain models) are left out."""
+    found = []
+    for path, kind in places:
+        if path is not None and Path(str(path)).expanduser().is_dir():
+            record = read_finetune_record(path)
+            if record:
+                found.append((str(path), kind, record))
+    return found
+
+
+@dataclass(frozen=True)
+class EvaluationSetup:
+    """The label set, stretch and crop to evaluate with, reconciled with what fine-tuning recorded."""
+
+    label_set: LabelSet
+    stretch: Stretch
+    crop: float
+    recorded_by: str | None = None
+
+
+def evaluation_setup(records, dataset, *, labels: LabelSet | None = None, question: str | None = None,
+                     stretch_options: dict | None = None, crop: float | None = None) -> EvaluationSetup:
+    """How to evaluate models and adapters so that each is used as it was trained.
+
+    Parameters
+    ----------
+    records : list
+        `finetune_records` of the models and adapters compared.
+    dataset : ImageDataset
+        The labelled data (its ``label_set(given)`` gives the data's labels with ``given``'s question).
+    labels : LabelSet, optional
+        The labels the user asked for; by default the first recorded label set, else the data's.
+    question : str, optional
+        Replaces the label set's question.
+    stretch_options : dict, optional
+        Stretch settings given by the user (`None` values are not given); they win over the record's.
+    crop : float, optional
+        Central fraction given by the user; by default the record's, else 1.
+
+    Raises
+    ------
+    AstroVLMError
+        When the labels differ from those an adapter or model was trained on.
+    """
+    if labels is None:
+        trained = next((recorded_label_set(r) for _, _, r in records if recorded_label_set(r)), None)
+        labels = dataset.label_set(trained)
+        if question:
+            labels = LabelSet(labels.labels, labels.descriptions, question, labels.name, labels.title)
+    for path, kind, _ in records:
+        check_label_set(labels, path, kind)
+    first = records[0] if records else (None, None, None)
+    stretch = recorded_stretch(first[2], **(stretch_options or {}))
+    used_crop = recorded_crop(first[2], crop)
+    if first[0] is not None and crop is None:
+        log.info("Using the crop (%g) and stretch (%s) recorded in %s", used_crop, stretch.describe(), first[0])
+    return EvaluationSetup(labels, stretch, used_crop, first[0])

@@ -1,10 +1,15 @@
-"""One result type for every task, and its conversions to astropy tables and region files."""
+"""One result type for every task, its conversions to astropy tables and region files, and `export`.
+
+Every front end writes its results with `export` (``PREFIX.ecsv`` or ``.fits``, plus ``PREFIX.reg``
+or ``.crtf``): the formats, their suffixes and the overwrite rule live here once.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,8 +20,18 @@ import numpy as np
 from .cutout_types import Provenance
 from .errors import AstroVLMError
 
+log = logging.getLogger("glue_astrovlm")
+
 __all__ = ["Result", "results_to_table", "results_to_regions", "pixel_region", "class_colors", "write_table",
-           "write_regions", "atomic_write", "probability_column"]
+           "write_regions", "atomic_write", "export", "probability_column", "probability_columns", "result_key",
+           "TABLE_FORMATS", "REGION_FORMATS", "output_path"]
+
+#: Result table formats: name -> file suffix (astropy writes them).
+TABLE_FORMATS = {"ecsv": ".ecsv", "fits": ".fits"}
+#: Region file formats: name -> file suffix (``regions`` writes them; DS9 and CASA read them).
+REGION_FORMATS = {"ds9": ".reg", "crtf": ".crtf"}
+_ASTROPY_TABLE_FORMAT = {".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits"}
+_SUFFIX_FORMAT = {suffix: name for name, suffix in {**TABLE_FORMATS, **REGION_FORMATS}.items()}
 
 #: Colours per class, in label-set order; colour-blind friendly (Okabe-Ito) then extra.
 PALETTE = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
@@ -91,8 +106,13 @@ class Result:
             return self.answer[:40]
         return f"{self.label} {self.confidence:.2f}"
 
-    def to_row(self) -> dict:
-        """The result as a flat dict of table columns."""
+    def to_row(self, columns: dict | None = None) -> dict:
+        """The result as a flat dict of table columns.
+
+        ``columns`` maps each label to its probability column (`probability_columns`); by default the
+        result's own labels are named alone.
+        """
+        columns = columns or probability_columns(self.probabilities)
         prov = self.provenance
         sky = prov.center_sky if prov is not None else None
         row = {
@@ -110,7 +130,7 @@ class Result:
             "confidence": np.nan if self.confidence is None else float(self.confidence),
         }
         for label, probability in self.probabilities.items():
-            row[probability_column(label)] = float(probability)
+            row[columns[label]] = float(probability)
         row.update(answer=self.answer, prompt_hash=self.prompt_hash, model=self.model,
                    adapter=self.adapter or "", stretch=self.stretch,
                    image_tokens=-1 if self.image_tokens is None else int(self.image_tokens), time=self.time)
@@ -118,22 +138,64 @@ class Result:
 
 
 def probability_column(label: str) -> str:
-    """Column name for a label's probability: ``p_FRII``, ``p_round_smooth``."""
+    """Column name for a label's probability: ``p_FRII``, ``p_round_smooth``.
+
+    Labels that differ only in punctuation or symbols share this name; a table uses
+    `probability_columns`, which keeps every label's column apart.
+    """
     return "p_" + re.sub(r"\W+", "_", label).strip("_")
+
+
+def probability_columns(labels) -> dict[str, str]:
+    """One distinct probability column per label, in label order: ``{'FR-I': 'p_FR_I', 'FR I': 'p_FR_I_2'}``.
+
+    Labels with no letter or digit (an emoji) get ``p_label<N>``, N their position from 1.
+    """
+    columns: dict[str, str] = {}
+    taken: set[str] = set()
+    for index, label in enumerate(labels, start=1):
+        base = probability_column(label)
+        base = base if base != "p_" else f"p_label{index}"
+        name, n = base, 2
+        while name.lower() in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name.lower())
+        columns[label] = name
+    return columns
+
+
+def result_key(provenance_or_row) -> str:
+    """What identifies a cutout across runs (file, HDU, cube plane, source id and box): finished rows of
+    a table and cutouts still to do compare equal by this key, so a resumed run skips the former."""
+    if isinstance(provenance_or_row, Provenance):
+        prov = provenance_or_row
+        parts = [prov.source, "" if prov.hdu is None else str(prov.hdu), prov.cube or "", prov.source_id,
+                 ",".join(str(int(v)) for v in prov.bbox)]
+    else:
+        row = provenance_or_row
+        parts = ["" if np.ma.is_masked(row[name]) else str(row[name])
+                 for name in ("source", "hdu", "cube", "source_id", "bbox")]
+    return "|".join(parts)
 
 
 def results_to_table(results: Sequence[Result]):
     """An astropy `~astropy.table.Table` with one row per result.
 
     Columns: source_id, source, hdu, cube, x_pix, y_pix, ra, dec (deg, ICRS), bbox, task, label,
-    confidence, one ``p_<label>`` per label, answer, prompt_hash, model, adapter, stretch,
-    image_tokens and time. Probability columns missing from a row (mixed label sets) are NaN.
+    confidence, one ``p_<label>`` per label (`probability_columns`: distinct even for labels that
+    differ only in punctuation; ``meta['probability_columns']`` maps each back to its exact label),
+    answer, prompt_hash, model, adapter, stretch, image_tokens and time. Probability columns missing
+    from a row (mixed label sets) are NaN.
     """
     from astropy.table import Table
 
     if not results:
         raise AstroVLMError("There are no results to write.")
-    rows = [result.to_row() for result in results]
+    labels: list[str] = []
+    for result in results:
+        labels += [label for label in result.probabilities if label not in labels]
+    prob_columns = probability_columns(labels)
+    rows = [result.to_row(prob_columns) for result in results]
     columns: list[str] = []
     for row in rows:
         columns += [name for name in row if name not in columns]
@@ -144,6 +206,8 @@ def results_to_table(results: Sequence[Result]):
     for name in ("ra", "dec"):
         table[name].unit = "deg"
     table.meta["generator"] = "glue-astrovlm"
+    if prob_columns:
+        table.meta["probability_columns"] = {column: label for label, column in prob_columns.items()}
     return table
 
 
@@ -205,36 +269,90 @@ def pixel_region(result: Result):
                                 width=xmax - xmin, height=ymax - ymin)
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file next to ``path``, created with the usual mode (0666 less the umask)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise AstroVLMError(f"Could not create a temporary file next to {path}.")
+
+
+def _writable_parent(path: Path) -> None:
+    parent = path.parent
+    for folder in [parent, *parent.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise AstroVLMError(f"Cannot write {path}: {folder} is a file, not a folder. Choose another "
+                                    "output name (--out).")
+            break
+    parent.mkdir(parents=True, exist_ok=True)
+
+
 def atomic_write(path: str | os.PathLike, write, overwrite: bool = False) -> Path:
     """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it.
 
-    A crash never leaves a half-written file, and an existing file is kept unless ``overwrite``.
+    A crash never leaves a half-written file, an existing file is kept unless ``overwrite``, and the
+    file gets the usual permissions (0644 under the usual umask 022), like any other tool's.
+
+    Raises
+    ------
+    AstroVLMError
+        The file exists (without ``overwrite``), is a folder, or cannot be written (read-only or full
+        file system, a parent that is a file), with the reason.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AstroVLMError(f"{path} is a folder; choose another output name (--out).")
     if path.exists() and not overwrite:
         raise AstroVLMError(f"{path} already exists; choose another output name or pass --overwrite.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
+    tmp = None
     try:
+        _writable_parent(path)
+        tmp = _temporary_beside(path)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        raise AstroVLMError(f"Could not write {path}: {error.strerror or error}. Choose a folder you can write "
+                            "to, or free some space.") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
     return path
+
+
+def output_path(prefix: str | os.PathLike, format: str) -> Path:
+    """``PREFIX`` plus the suffix of a table or region format (`TABLE_FORMATS`, `REGION_FORMATS`)."""
+    suffixes = {**TABLE_FORMATS, **REGION_FORMATS}
+    if format not in suffixes:
+        raise AstroVLMError(f"Unknown output format {format!r}; use one of {', '.join(suffixes)}.")
+    prefix = Path(prefix)
+    if not prefix.name:
+        raise AstroVLMError("The output name is empty; give a file name prefix such as --out results.")
+    return prefix.with_name(prefix.name + suffixes[format])
+
+
+def _format_of(path: str | os.PathLike, kinds: dict, what: str) -> str:
+    suffix = Path(path).suffix.lower()
+    suffix = ".fits" if suffix == ".fit" else suffix
+    name = _SUFFIX_FORMAT.get(suffix)
+    if name not in kinds:
+        known = ", ".join(f"{s} ({n})" for n, s in kinds.items())
+        raise AstroVLMError(f"Unknown {what} format {suffix!r}; use {known}.")
+    return name
 
 
 def write_table(results_or_table, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write results as ECSV (``.ecsv``) or FITS (``.fits``), atomically."""
     from astropy.table import Table
 
+    _format_of(path, TABLE_FORMATS, "table")
     table = results_or_table if isinstance(results_or_table, Table) else results_to_table(results_or_table)
-    suffix = Path(path).suffix.lower()
-    formats = {".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits"}
-    if suffix not in formats:
-        raise AstroVLMError(f"Unknown table format {suffix!r}; use .ecsv or .fits.")
-    return atomic_write(path, lambda tmp: table.write(tmp, format=formats[suffix], overwrite=True), overwrite)
+    astropy_format = _ASTROPY_TABLE_FORMAT[Path(path).suffix.lower()]
+    return atomic_write(path, lambda tmp: table.write(tmp, format=astropy_format, overwrite=True), overwrite)
 
 
 def write_regions(results_or_regions, path: str | os.PathLike, overwrite: bool = False,
@@ -242,11 +360,55 @@ def write_regions(results_or_regions, path: str | os.PathLike, overwrite: bool =
     """Write a DS9 (``.reg``) or CRTF (``.crtf``) region file, atomically."""
     from regions import Regions
 
+    fmt = _format_of(path, REGION_FORMATS, "region")
+    from regions import PixelRegion
+
     regions = (results_or_regions if isinstance(results_or_regions, Regions)
                else results_to_regions(results_or_regions, labels=labels))
-    suffix = Path(path).suffix.lower()
-    formats = {".reg": "ds9", ".crtf": "crtf"}
-    if suffix not in formats:
-        raise AstroVLMError(f"Unknown region format {suffix!r}; use .reg (DS9) or .crtf (CASA).")
-    return atomic_write(path, lambda tmp: regions.write(tmp, format=formats[suffix], overwrite=True),
-                        overwrite)
+    if fmt == "crtf" and any(isinstance(shape, PixelRegion) for shape in regions):
+        raise AstroVLMError("CRTF region files hold sky coordinates only, and these results have none (the image "
+                            "has no celestial WCS); write a DS9 file (.reg, --region-format ds9) instead.")
+    return atomic_write(path, lambda tmp: regions.write(tmp, format=fmt, overwrite=True), overwrite)
+
+
+def export(results: Sequence[Result], prefix: str | os.PathLike, *, formats: Sequence[str] = ("ecsv", "ds9"),
+           overwrite: bool = False, labels: Sequence[str] | None = None, table=None) -> list[Path]:
+    """Write results as ``PREFIX.<table suffix>`` and ``PREFIX.<region suffix>``; returns the paths written.
+
+    Parameters
+    ----------
+    results : sequence of Result
+    prefix : path-like
+        File name without suffix.
+    formats : sequence of str
+        At most one of `TABLE_FORMATS` and one of `REGION_FORMATS`.
+    overwrite : bool
+        Replace existing files; otherwise nothing is written when any of them exists.
+    labels : sequence of str, optional
+        The label set, in order (fixes the region colours).
+    table : `~astropy.table.Table`, optional
+        The table to write instead of ``results_to_table(results)`` (e.g. with a front end's own columns).
+
+    Results without a position (bare arrays) give no region file; the table is still written.
+    """
+    if not results:
+        raise AstroVLMError("There are no results to export yet.")
+    paths = {fmt: output_path(prefix, fmt) for fmt in formats}
+    kinds = [fmt in TABLE_FORMATS for fmt in formats]
+    if sum(kinds) > 1 or len(kinds) - sum(kinds) > 1:
+        raise AstroVLMError(f"Give at most one table and one region format, got {list(formats)}.")
+    if not overwrite:
+        existing = [str(path) for path in paths.values() if path.exists()]
+        if existing:
+            raise AstroVLMError(f"{' and '.join(existing)} already exists; choose another name or pass "
+                                "overwrite=True (--overwrite).")
+    written = []
+    for fmt, path in paths.items():
+        if fmt in TABLE_FORMATS:
+            written.append(write_table(table if table is not None else results, path, overwrite=overwrite))
+        elif any(result.provenance is not None for result in results):
+            try:
+                written.append(write_regions(results, path, overwrite=overwrite, labels=labels))
+            except AstroVLMError as error:  # the table is the result; say why there is no region file
+                log.warning("No region file written: %s", error)
+    return written

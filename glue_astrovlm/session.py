@@ -59,17 +59,21 @@ class VLMSession:
     ----------
     model : str, optional
         Hub id, local directory or server URL (default: `glue_astrovlm.DEFAULT_MODEL`).
-    adapter : str, optional
-        LoRA adapter directory.
+    adapter : str or dict, optional
+        LoRA adapter directory (or ``{name: directory}`` for several; the first is active).
+    remember : bool, optional
+        Put a model that loads at the top of the recent-models list the panels offer (default).
     **load_options
         Passed to `glue_astrovlm.load_model` (``device``, ``dtype``, ``batch_size``, ...).
     """
 
-    def __init__(self, model: str | None = None, adapter: str | None = None, **load_options):
+    def __init__(self, model: str | None = None, adapter: str | dict | None = None, *, remember: bool = True,
+                 **load_options):
         from .models.loading import DEFAULT_MODEL
 
         self._model_spec = str(model or DEFAULT_MODEL)
         self._adapter = adapter
+        self.remember = remember
         self.load_options = load_options
         self._vlm = None
         self._lock = threading.Lock()
@@ -117,7 +121,8 @@ class VLMSession:
 
                 log.info("Loading model %s", self._model_spec)
                 self._vlm = load_model(self._model_spec, adapter=self._adapter, **self.load_options)
-                remember_model(self._model_spec, self._adapter)
+                if self.remember:
+                    remember_model(self._model_spec, self._adapter)
             return self._vlm
 
     def warm_up(self) -> Future:
@@ -140,12 +145,31 @@ class VLMSession:
         """Start loading the model on the session's worker thread; returns a `Future` of the VLM."""
         return self._executor.submit(self.vlm)
 
-    def run(self, task: str, cutouts, *, labels=None, preset: str | None = None, question: str | None = None,
-            progress: Callable[[int, int], None] | None = None, max_new_tokens: int = 128) -> list[Result]:
-        """Run ``'classify'``, ``'ask'`` or ``'describe'`` on cutouts (blocking) and record the results.
+    def prepare(self, request):
+        """The cutouts of a request (`~glue_astrovlm.requests.CutoutSet`), without running the model."""
+        from .requests import make_cutouts
 
-        ``cutouts`` may also be a callable that returns them: it is called here, so that with `submit`
-        the pixel work (reading, reducing a cube, stretching) happens on the worker thread as well.
+        return make_cutouts(request)
+
+    def run(self, request, *, progress: Callable[[int, int], None] | None = None,
+            on_prepared: Callable | None = None, cutouts=None) -> list[Result]:
+        """Run a `~glue_astrovlm.requests.Request` (blocking) and record the results.
+
+        The cutouts are made here, so that with `submit` the pixel work (reading, reducing a cube,
+        stretching, detecting sources) happens on the worker thread as well. A request that names a
+        model or adapter switches the session to it first.
+
+        Parameters
+        ----------
+        request : Request
+            What to send, the task and its labels or question.
+        progress : callable, optional
+            ``progress(done, total)``: called with 0 once the cutouts are made, then after each batch.
+        on_prepared : callable, optional
+            Called with the `~glue_astrovlm.requests.CutoutSet` once the cutouts are made (e.g. to keep
+            the table of detected sources).
+        cutouts : list of Cutout, optional
+            Use these instead of making the request's (e.g. the rows a resumed run has left to do).
 
         Cancellation: `cancel` (from any thread) stops between batches and raises
         `~glue_astrovlm.OperationCancelled` with the finished results, which are recorded too.
@@ -153,32 +177,43 @@ class VLMSession:
         from .models.base import OperationCancelled
 
         self.cancel_event.clear()
-        if callable(cutouts):
-            cutouts = cutouts()
+        if request.model is not None:
+            self.model = request.model
+        if request.adapter is not None:
+            self.adapter = request.adapter
+        if cutouts is None:
+            prepared = self.prepare(request)
+            if on_prepared is not None:
+                on_prepared(prepared)
+            cutouts = prepared.cutouts
         if progress is not None:
             progress(0, len(cutouts))
+        if not cutouts:
+            return []
         vlm = self.vlm()
         try:
-            if task == "classify":
-                results = vlm.classify(cutouts, labels, preset=preset, question=question, progress=progress,
-                                       cancel=self.cancel_event)
-            elif task == "ask":
-                results = vlm.ask(cutouts, question or "", max_new_tokens=max_new_tokens, progress=progress,
-                                  cancel=self.cancel_event)
-            elif task == "describe":
-                results = vlm.describe(cutouts, max_new_tokens=max_new_tokens, progress=progress,
-                                       cancel=self.cancel_event)
-            else:
-                raise AstroVLMError(f"Unknown task {task!r}; use classify, ask or describe.")
+            results = self._call(vlm, request, cutouts, progress)
         except OperationCancelled as cancelled:
             self.history.extend(cancelled.results)
+            raise
+        except (AstroVLMError, KeyboardInterrupt) as error:  # a server that died, Ctrl-C: keep what finished
+            self.history.extend(getattr(error, "results", None) or [])
             raise
         self.history.extend(results)
         return results
 
-    def submit(self, task: str, cutouts, **options) -> Future:
+    def _call(self, vlm, request, cutouts, progress) -> list[Result]:
+        options = dict(progress=progress, cancel=self.cancel_event)
+        if request.task == "classify":
+            return vlm.classify(cutouts, request.labels, preset=request.preset, question=request.question,
+                                **options)
+        if request.task == "ask":
+            return vlm.ask(cutouts, request.question, max_new_tokens=request.max_new_tokens, **options)
+        return vlm.describe(cutouts, max_new_tokens=request.max_new_tokens, **options)
+
+    def submit(self, request, **options) -> Future:
         """`run` on the session's worker thread; the GUI stays responsive. Returns a `Future`."""
-        return self._executor.submit(self.run, task, cutouts, **options)
+        return self._executor.submit(self.run, request, **options)
 
     def cancel(self) -> None:
         """Ask the running task to stop after its current batch."""

@@ -8,10 +8,12 @@ import numpy as np
 
 from .errors import AstroVLMError
 
-__all__ = ["Stretch", "DEFAULT_STRETCH"]
+__all__ = ["Stretch", "DEFAULT_STRETCH", "INTERVALS", "STRETCHES"]
 
-_INTERVALS = ("zscale", "percentile", "minmax")
-_STRETCHES = ("linear", "sqrt", "log", "asinh")
+#: How display limits are chosen (`Stretch.interval`).
+INTERVALS = ("zscale", "percentile", "minmax")
+#: Transfer functions after the interval (`Stretch.stretch`).
+STRETCHES = ("linear", "sqrt", "log", "asinh")
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,10 @@ class Stretch:
     a: float | None = None
 
     def __post_init__(self):
-        if self.interval not in _INTERVALS:
-            raise AstroVLMError(f"Unknown interval {self.interval!r}; use one of {', '.join(_INTERVALS)}.")
-        if self.stretch not in _STRETCHES:
-            raise AstroVLMError(f"Unknown stretch {self.stretch!r}; use one of {', '.join(_STRETCHES)}.")
+        if self.interval not in INTERVALS:
+            raise AstroVLMError(f"Unknown interval {self.interval!r}; use one of {', '.join(INTERVALS)}.")
+        if self.stretch not in STRETCHES:
+            raise AstroVLMError(f"Unknown stretch {self.stretch!r}; use one of {', '.join(STRETCHES)}.")
         if not 0 < self.percentile <= 100:
             raise AstroVLMError(f"percentile must be in (0, 100], got {self.percentile}.")
         if self.contrast <= 0:

@@ -238,10 +238,27 @@ def test_sky_region_needs_wcs(tmp_path, fits_dir):
 def test_region_outside_point_region_and_nan_region(horsehead, horsehead_raw):
     inside = CirclePixelRegion(PixCoord(100, 100), radius=10)
     outside = RectanglePixelRegion(PixCoord(2000, 100), width=20, height=20)
-    with pytest.raises(AstroVLMError, match=r"Region 1 \(RectanglePixelRegion\).*entirely outside.*891 x"):
+    with pytest.raises(AstroVLMError, match=r"Region 1 \(RectanglePixelRegion\) lies outside the image .*spans "
+                                            r"x 1990\.\.2010.*covers x 0\.\.890, y 0\.\.892 \(891 x 893 pixels\)"):
         cutouts_from_regions(horsehead, [inside, outside])
-    with pytest.raises(AstroVLMError, match="Region 0 .*no area"):
-        cutouts_from_regions(horsehead, PointPixelRegion(PixCoord(10, 10)))
+
+
+def test_point_regions_are_skipped_or_get_a_box(horsehead, caplog):
+    inside = CirclePixelRegion(PixCoord(100, 100), radius=10)
+    point = PointPixelRegion(PixCoord(10, 12))
+    with pytest.raises(AstroVLMError, match="Every region is a point or a line.*--size"):
+        cutouts_from_regions(horsehead, point)
+    with caplog.at_level(logging.WARNING, logger="glue_astrovlm.cutouts"):
+        kept = cutouts_from_regions(horsehead, [point, inside])
+    assert [c.provenance.source_id for c in kept] == ["1"] and "Region 0 (PointPixelRegion) has no area" in caplog.text
+    boxed = cutouts_from_regions(horsehead, [point, inside], point_size=16)
+    assert [c.provenance.source_id for c in boxed] == ["0", "1"]
+    assert boxed[0].shape == (16, 16) and boxed[0].provenance.center_pixel == (10.0, 12.0)
+    assert boxed[0].provenance.extra["region_index"] == 0
+
+
+def test_nan_region_and_unknown_outside_mode(horsehead, horsehead_raw):
+    inside = CirclePixelRegion(PixCoord(100, 100), radius=10)
     holes = horsehead_raw.copy()
     holes[80:121, 80:121] = np.nan  # the circle, not its padding
     with pytest.raises(AstroVLMError, match="Region 0 .*only NaN"):

@@ -1,50 +1,37 @@
-"""Source lists for tagging: catalogue datasets (also jdaviz's catalogue importer and Catalog Search
-results), table files and detected sources, each turned into one cutout per source on a glue image.
+"""glue catalogue datasets (also jdaviz's catalogue importer and Catalog Search results) as tables.
 
-Catalogues are read by conventional column names, and the column choices that jdaviz's catalogue
-importer records in the dataset's metadata (``_jdaviz_loader_ra_col`` and friends) and component
-units (RA in hours) are honoured. glue and jdaviz both read catalogues here, so every front end
-tags sources the same way.
+Columns are found with the engine's one vocabulary (`glue_astrovlm.catalogs`), so a table that the
+command line accepts is accepted in glue and jdaviz too. The column choices that jdaviz's catalogue
+importer records in the dataset's metadata (``_jdaviz_loader_ra_col`` and friends) win, and
+component units (RA in hours) are honoured.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..cutout_types import Cutout
+from ..catalogs import ID_COLUMNS, PIXEL_COLUMNS, SKY_COLUMNS, find_column, find_pair
 from ..errors import AstroVLMError
-from ..stretch import DEFAULT_STRETCH, Stretch
 
-__all__ = ["has_positions", "catalog_table_from_data", "cutouts_from_table", "detected_sources_table"]
-
-_RA = ("ra", "raj2000", "_raj2000", "ra_deg", "right ascension (degrees)", "skycoord_ra")
-_DEC = ("dec", "dej2000", "_dej2000", "dec_deg", "declination (degrees)", "skycoord_dec")
-_X = ("x", "xcentroid", "x_centroid", "x_coord", "x_pix", "x_image")
-_Y = ("y", "ycentroid", "y_centroid", "y_coord", "y_pix", "y_image")
-_ID = ("id", "source_id", "object id", "name", "label", "objid")
+__all__ = ["has_positions", "catalog_table_from_data"]
 
 # jdaviz's catalogue importer records which columns it used here
 _META_COLUMNS = {"ra": "_jdaviz_loader_ra_col", "dec": "_jdaviz_loader_dec_col",
                  "x": "_jdaviz_loader_x_col", "y": "_jdaviz_loader_y_col", "id": "_jdaviz_id_col"}
 
 
-def _components(data) -> dict:
-    return {c.label: c for c in data.main_components}
-
-
-def _find(names: dict, meta: dict, key: str, candidates) -> str | None:
-    chosen = meta.get(_META_COLUMNS[key])
-    if chosen in names:
-        return chosen
-    lower = {name.lower(): name for name in names}
-    return next((lower[c] for c in candidates if c in lower), None)
-
-
 def _columns(data) -> dict:
-    names = _components(data)
+    """Component names for ``ra``, ``dec``, ``x``, ``y`` and ``id`` (`None` where there is none)."""
+    names = [c.label for c in data.main_components]
     meta = getattr(data, "meta", {}) or {}
-    return {key: _find(names, meta, key, candidates)
-            for key, candidates in (("ra", _RA), ("dec", _DEC), ("x", _X), ("y", _Y), ("id", _ID))}
+    chosen = {key: meta.get(entry) if meta.get(entry) in names else None for key, entry in _META_COLUMNS.items()}
+    sky, pixel = find_pair(names, SKY_COLUMNS), find_pair(names, PIXEL_COLUMNS)
+    if not (chosen["ra"] and chosen["dec"]) and sky:
+        chosen["ra"], chosen["dec"] = sky
+    if not (chosen["x"] and chosen["y"]) and pixel:
+        chosen["x"], chosen["y"] = pixel
+    chosen["id"] = chosen["id"] or find_column(names, ID_COLUMNS)
+    return chosen
 
 
 def has_positions(data) -> bool:
@@ -68,7 +55,7 @@ def _degrees(data, name: str) -> np.ndarray:
 
 
 def catalog_table_from_data(catalog):
-    """An astropy Table with the positions and ids of a glue catalogue dataset.
+    """An astropy Table with the positions and ids of a glue catalogue dataset, one row per glue row.
 
     Parameters
     ----------
@@ -79,8 +66,8 @@ def catalog_table_from_data(catalog):
     Returns
     -------
     `~astropy.table.Table`
-        Columns ``ra``, ``dec`` (degrees) and/or ``x``, ``y`` (pixels), ``id`` (text) and ``_row``
-        (the glue row index, so results can be written back to the dataset).
+        Columns ``ra``, ``dec`` (degrees) and/or ``x``, ``y`` (pixels) and ``id`` (text). Row ``i`` is
+        glue row ``i``, so catalogue cutouts' ``provenance.extra['row']`` is the dataset's row.
     """
     from astropy.table import Table
 
@@ -100,69 +87,4 @@ def catalog_table_from_data(catalog):
                             "x/y columns.")
     ids = np.asarray(catalog[cols["id"]]) if cols["id"] else np.arange(catalog.size)
     table["id"] = [str(v) for v in ids]
-    table["_row"] = np.arange(catalog.size)
-    return table
-
-
-def cutouts_from_table(image_data, table, *, size=64, attribute=None, cube: dict | None = None,
-                       stretch: Stretch = DEFAULT_STRETCH, extra: dict | None = None,
-                       limit: int | None = None) -> list[Cutout]:
-    """One cutout per table row that falls on ``image_data``; rows outside it are skipped.
-
-    Parameters
-    ----------
-    image_data : glue.core.data.Data
-        The image or cube (with ``cube=``) to cut from.
-    table : `~astropy.table.Table` or path
-        Positions as in `glue_astrovlm.cutouts_from_catalog`; a ``_row`` column, if present, is
-        kept in each cutout's ``provenance.extra['catalog_row']``.
-    size : int or Quantity
-        Cutout size.
-    extra : dict, optional
-        Added to every cutout's ``provenance.extra`` (e.g. the catalogue's name).
-    limit : int, optional
-        Stop after this many cutouts (a preview needs one).
-    """
-    from dataclasses import replace
-
-    from ..cutouts import cutouts_from_catalog
-    from .cutouts import image_source_from_data
-
-    source = image_source_from_data(image_data, attribute, cube=cube)
-    cutouts = cutouts_from_catalog(source, table, size=size, stretch=stretch, skip_outside=True, limit=limit)
-    rows = table["_row"] if not isinstance(table, str) and "_row" in getattr(table, "colnames", ()) else None
-    out = []
-    for cutout in cutouts:
-        added = {**cutout.provenance.extra, "glue_data": image_data.label, **(extra or {})}
-        if rows is not None:
-            added["catalog_row"] = int(rows[cutout.provenance.extra["row"]])
-        out.append(replace(cutout, provenance=replace(cutout.provenance, extra=added)))
-    return out
-
-
-def detected_sources_table(image_data, *, attribute=None, cube: dict | None = None, bounds=None,
-                           nsigma: float = 5.0, max_sources: int = 50):
-    """Sources detected on ``image_data`` (see `glue_astrovlm.detect_sources`), optionally only those
-    inside ``bounds = (x_min, x_max, y_min, y_max)`` in the image's pixels (e.g. a viewer's view).
-
-    Returns the detection table, brightest first, with ``id``, ``xcentroid``, ``ycentroid`` and, with
-    a celestial WCS, ``ra``/``dec``.
-    """
-    from ..detect import detect_sources
-    from .cutouts import image_source_from_data
-
-    source = image_source_from_data(image_data, attribute, cube=cube)
-    table = detect_sources(source, nsigma=nsigma, max_sources=10_000 if bounds is not None else max_sources)
-    if bounds is not None:
-        x_min, x_max, y_min, y_max = bounds
-        inside = ((table["xcentroid"] >= x_min) & (table["xcentroid"] <= x_max)
-                  & (table["ycentroid"] >= y_min) & (table["ycentroid"] <= y_max))
-        table = table[inside]
-        if len(table) == 0:
-            raise AstroVLMError(f"No source above {nsigma:g} sigma lies in the current view of "
-                                f"{image_data.label}; zoom out, pan, or lower the threshold.")
-        table = table[: int(max_sources)]
-    keep = [name for name in ("id", "xcentroid", "ycentroid", "ra", "dec") if name in table.colnames]
-    table = table[keep]
-    table["id"] = [str(v) for v in table["id"]]
     return table

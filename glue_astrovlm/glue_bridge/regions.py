@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import AstroVLMError
+from .sources import celestial_wcs_of
 
 __all__ = ["subset_to_region", "region_to_roi", "region_to_subset_state", "regions_to_subset_state"]
 
@@ -66,7 +67,7 @@ def region_to_subset_state(region, data, wcs=None):
     from glue.core.subset import RoiSubsetState
 
     x_id, y_id = _xy_components(data)
-    return RoiSubsetState(x_id, y_id, region_to_roi(region, wcs if wcs is not None else _celestial(data)))
+    return RoiSubsetState(x_id, y_id, region_to_roi(region, wcs if wcs is not None else celestial_wcs_of(data)))
 
 
 def regions_to_subset_state(regions, data, wcs=None):
@@ -77,12 +78,3 @@ def regions_to_subset_state(regions, data, wcs=None):
     if not states:
         raise AstroVLMError("No regions were given.")
     return states[0] if len(states) == 1 else MultiOrState(states)
-
-
-def _celestial(data):
-    from astropy.wcs import WCS
-
-    coords = getattr(data, "coords", None)
-    if isinstance(coords, WCS) and coords.has_celestial:
-        return coords.celestial
-    return None

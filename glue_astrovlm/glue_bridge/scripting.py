@@ -21,13 +21,27 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import AstroVLMError
+from ..requests import Request, make_cutouts
 from ..results import Result
 from ..session import VLMSession
 from ..stretch import DEFAULT_STRETCH, Stretch
 from . import writeback
-from .cutouts import cutout_from_subset, cutout_from_view, cutouts_from_catalog_data
+from .selections import catalog_request, detect_request, subset_request, view_request
+from .views import displayed_slice, view_bounds
 
-__all__ = ["GlueVLM"]
+__all__ = ["GlueVLM", "detections_data"]
+
+
+def detections_data(image, table):
+    """Detected sources (the table of a ``send='detect'`` request) as a glue catalogue dataset,
+    named ``'<image> sources (AstroVLM)'``; not yet in a data collection, so any thread may make it."""
+    from glue.core import Data
+
+    columns = {name: np.asarray(table[name]) for name in ("id", "xcentroid", "ycentroid", "ra", "dec")
+               if name in table.colnames}
+    catalog = Data(label=f"{image.label} sources (AstroVLM)", **columns)
+    catalog.meta["astrovlm"] = "detections"
+    return catalog
 
 
 class GlueVLM:
@@ -66,7 +80,8 @@ class GlueVLM:
         self.session.adapter = path
 
     # lookups -------------------------------------------------------------------------------
-    def _data(self, data):
+    def data(self, data):
+        """A dataset of the collection, by label or as itself."""
         if isinstance(data, str):
             for candidate in self.data_collection:
                 if candidate.label == data:
@@ -75,7 +90,7 @@ class GlueVLM:
             raise AstroVLMError(f"No dataset named {data!r}; datasets: {names}.")
         return data
 
-    def _subset(self, subset, data=None):
+    def subset(self, subset, data=None):
         """A glue Subset on image data, from a Subset, a SubsetGroup or a subset label."""
         from glue.core.subset_group import SubsetGroup
 
@@ -87,7 +102,7 @@ class GlueVLM:
                 raise AstroVLMError(f"No subset named {subset!r}; subsets: {names or 'none'}.")
             subset = matches[0]
         if isinstance(subset, SubsetGroup):
-            data = self._data(data) if data is not None else None
+            data = self.data(data) if data is not None else None
             candidates = [s for s in subset.subsets if s.data.ndim >= 2 and (data is None or s.data is data)]
             if not candidates:
                 raise AstroVLMError(f"Subset {subset.label!r} is not defined on an image or cube.")
@@ -95,50 +110,59 @@ class GlueVLM:
         return subset
 
     @staticmethod
-    def _group(subset):
+    def group(subset):
+        """The subset group a subset belongs to (what the user named)."""
         return getattr(subset, "group", None) or subset
 
-    # tasks ---------------------------------------------------------------------------------
-    def cutout(self, subset=None, *, data=None, view=None, attribute=None, cube: dict | None = None):
-        """The cutout the model would see: of a subset, or of a viewer's visible area."""
-        return self.cutout_maker(subset, data=data, view=view, attribute=attribute, cube=cube)()
+    # requests ------------------------------------------------------------------------------
+    def request(self, subset=None, *, data=None, view=None, catalog=None, detect: bool = False,
+                attribute=None, cube: dict | None = None, size=64, nsigma: float = 5.0, max_sources: int = 200,
+                **task) -> Request:
+        """The engine request for a subset, a viewer's visible area, a catalogue or detected sources.
 
-    def cutout_maker(self, subset=None, *, data=None, view=None, attribute=None, cube: dict | None = None):
-        """Like `cutout`, in two steps: glue's state (subset, viewer limits, stretch) is read now, on
-        the GUI thread; the returned function does the pixel work and may run on any thread."""
-        stretch, outside = self.stretch, self.outside
+        glue's state (the subset, the viewer's limits and displayed slice, the stretch) is read now,
+        on the GUI thread; the pixel work happens when the request runs, on any thread.
+        ``task`` holds further `Request` fields: ``task``, ``labels``, ``preset``, ``question``, ...
+        """
+        options = dict(stretch=self.stretch, attribute=attribute, **task)
         if subset is not None:
-            glue_subset = self._subset(subset, data)
-            return lambda: cutout_from_subset(glue_subset, attribute=attribute, cube=cube, outside=outside,
-                                              stretch=stretch)
+            return subset_request(self.subset(subset, data), cube=cube, outside=self.outside, **options)
         if view is not None:
             state = view.state
-            layer_data = self._data(data) if data is not None else state.reference_data
-            if cube is None and layer_data.ndim == 3:
-                cube = {"mode": "slice", "index": int(state.slices[0])}
-            bounds = (state.x_min, state.x_max, state.y_min, state.y_max)
-            return lambda: cutout_from_view(layer_data, *bounds, attribute=attribute, cube=cube, stretch=stretch)
-        raise AstroVLMError("Say what to send: subset=..., or view=<an image viewer>.")
+            image = self.data(data) if data is not None else state.reference_data
+            if cube is None and image.ndim == 3:
+                cube = {"mode": "slice", "index": displayed_slice(state, image) or 0}
+            return view_request(image, view_bounds(state, image), cube=cube, **options)
+        if catalog is not None:
+            return catalog_request(self.data(data), self.data(catalog), cube=cube, size=size, **options)
+        if detect:
+            return detect_request(self.data(data), nsigma=nsigma, max_sources=max_sources, cube=cube, size=size,
+                                  **options)
+        raise AstroVLMError("Say what to send: subset=..., view=<an image viewer>, catalog=... or detect=True.")
 
+    def cutout(self, subset=None, *, data=None, view=None, attribute=None, cube: dict | None = None):
+        """The cutout the model would see: of a subset, or of a viewer's visible area."""
+        request = self.request(subset, data=data, view=view, attribute=attribute, cube=cube, limit=1)
+        return make_cutouts(request).cutouts[0]
+
+    # tasks ---------------------------------------------------------------------------------
     def ask(self, question: str, subset=None, *, data=None, view=None, attribute=None, cube: dict | None = None,
             max_new_tokens: int = 128, progress=None) -> Result:
         """Ask a question about a subset or a viewer's visible area; the answer is stored with the results."""
-        cutout = self.cutout(subset, data=data, view=view, attribute=attribute, cube=cube)
-        result = self.session.run("ask", [cutout], question=question, max_new_tokens=max_new_tokens,
-                                  progress=progress)[0]
+        request = self.request(subset, data=data, view=view, attribute=attribute, cube=cube, task="ask",
+                               question=question, max_new_tokens=max_new_tokens)
+        result = self.session.run(request, progress=progress)[0]
         writeback.store_results(self.data_collection, [result])
         return result
 
     def classify(self, subset, labels=None, *, preset: str | None = None, question: str | None = None,
                  data=None, attribute=None, cube: dict | None = None, progress=None) -> Result:
         """Classify a subset; its name shows the class and confidence, e.g. ``my box [AstroVLM: FRII 0.93]``."""
-        glue_subset = self._subset(subset, data)
-        cutout = cutout_from_subset(glue_subset, attribute=attribute, cube=cube, outside=self.outside,
-                                    stretch=self.stretch)
-        result = self.session.run("classify", [cutout], labels=labels, preset=preset, question=question,
-                                  progress=progress)[0]
-        writeback.label_subset_group(self._group(glue_subset), result)
-        writeback.store_results(self.data_collection, [result])
+        glue_subset = self.subset(subset, data)
+        request = self.request(glue_subset, attribute=attribute, cube=cube, labels=labels, preset=preset,
+                               question=question)
+        result = self.session.run(request, progress=progress)[0]
+        self.write_classification(glue_subset, result)
         return result
 
     def tag(self, data, catalog=None, labels=None, *, preset: str | None = None, question: str | None = None,
@@ -147,22 +171,30 @@ class GlueVLM:
         """Classify every source of a catalogue dataset (or detected sources) on an image.
 
         Writes one subset group per class (``AstroVLM: <label>``, coloured per class), ``vlm_*``
-        components on the catalogue, and the results dataset. Re-running replaces only those.
+        components on the catalogue (a new detections dataset with ``detect=True``), and the results
+        dataset. Re-running replaces only those.
         """
         from ..labelsets import resolve_labels
 
-        image = self._data(data)
+        image = self.data(data)
         label_set = resolve_labels(labels, preset, question)
         if catalog is None and not detect:
             raise AstroVLMError("Give a catalogue dataset (catalog=...) or detect=True.")
+        request = self.request(data=image, catalog=catalog, detect=catalog is None, attribute=attribute, cube=cube,
+                               size=size, nsigma=nsigma, max_sources=max_sources, labels=label_set)
+        prepared = []
+        results = self.session.run(request, progress=progress, on_prepared=prepared.append)
         if catalog is None:
-            catalog = self._detect(image, attribute, cube, nsigma, max_sources)
-        catalog = self._data(catalog)
-        cutouts = cutouts_from_catalog_data(image, catalog, size=size, attribute=attribute, cube=cube,
-                                            stretch=self.stretch)
-        results = self.session.run("classify", cutouts, labels=label_set, progress=progress)
-        self.write_tags(image, catalog, results, label_set.labels)
+            catalog = detections_data(image, prepared[0].table)
+            self.add_detections(catalog)
+        self.write_tags(image, self.data(catalog), results, label_set.labels)
         return results
+
+    # writes --------------------------------------------------------------------------------
+    def write_classification(self, subset, result: Result) -> None:
+        """Show a classification in the subset's name and store it with the results."""
+        writeback.label_subset_group(self.group(subset), result)
+        writeback.store_results(self.data_collection, [result])
 
     def write_tags(self, image, catalog, results: Sequence[Result], labels: Sequence[str]) -> None:
         """The writes of `tag` (also used by the panel after a cancelled run, with the finished results)."""
@@ -170,35 +202,11 @@ class GlueVLM:
         writeback.write_catalog_components(catalog, results, labels)
         writeback.store_results(self.data_collection, results)
 
-    def _detect(self, image, attribute, cube, nsigma, max_sources):
-        catalog = self._detections(image, attribute, cube, nsigma, max_sources)
-        self._add_detections(catalog)
-        return catalog
-
-    def _add_detections(self, catalog) -> None:
+    def add_detections(self, catalog) -> None:
         """Put a detections dataset into the collection, replacing the last one of the same image."""
         for existing in [d for d in self.data_collection if d.label == catalog.label]:
             self.data_collection.remove(existing)
         self.data_collection.append(catalog)
-
-    @staticmethod
-    def _detections(image, attribute, cube, nsigma, max_sources):
-        """Detect sources on ``image`` as a new glue dataset (not yet in the collection; any thread)."""
-        from glue.core import Data
-
-        from ..detect import detect_sources
-        from .cutouts import image_source_from_data
-
-        table = detect_sources(image_source_from_data(image, attribute, cube=cube), nsigma=nsigma,
-                               max_sources=max_sources)
-        label = f"{image.label} sources (AstroVLM)"
-        columns = {name: table[name] for name in ("id", "xcentroid", "ycentroid") if name in table.colnames}
-        for name in ("ra", "dec"):
-            if name in table.colnames:
-                columns[name] = table[name]
-        catalog = Data(label=label, **{k: np.asarray(v) for k, v in columns.items()})
-        catalog.meta["astrovlm"] = "detections"
-        return catalog
 
     # outputs -------------------------------------------------------------------------------
     @property
@@ -208,24 +216,9 @@ class GlueVLM:
 
     def export(self, prefix: str, *, overwrite: bool = False, region_format: str = "ds9") -> list:
         """Write all results as ``PREFIX.ecsv`` and ``PREFIX.reg`` (or ``.crtf``); never overwrites unless asked."""
-        from pathlib import Path
+        from ..results import export
 
-        from ..results import write_regions, write_table
-
-        if not self.session.history:
-            raise AstroVLMError("There are no results to export yet.")
-        prefix = Path(prefix)
-        paths = [prefix.with_name(prefix.name + ".ecsv"),
-                 prefix.with_name(prefix.name + (".reg" if region_format == "ds9" else ".crtf"))]
-        for path in paths:
-            if path.exists() and not overwrite:
-                raise AstroVLMError(f"{path} already exists; choose another name or pass overwrite=True.")
-        written = [write_table(self.session.history, paths[0], overwrite=overwrite)]
-        try:
-            written.append(write_regions(self.session.history, paths[1], overwrite=overwrite))
-        except AstroVLMError:
-            pass  # results without positions have no region
-        return written
+        return export(self.session.history, prefix, formats=("ecsv", region_format), overwrite=overwrite)
 
     def clear(self) -> None:
         """Remove what the plugin wrote into glue; the user's subsets keep their shapes and names."""

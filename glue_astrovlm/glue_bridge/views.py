@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import AstroVLMError
+from .sources import celestial_wcs_of
 
 __all__ = ["view_bounds", "displayed_slice"]
 
@@ -26,7 +27,7 @@ def view_bounds(viewer_state, data) -> tuple[float, float, float, float]:
     reference = viewer_state.reference_data
     if reference is None or reference is data:
         return limits
-    ref_wcs, data_wcs = _celestial(reference), _celestial(data)
+    ref_wcs, data_wcs = celestial_wcs_of(reference), celestial_wcs_of(data)
     if ref_wcs is None or data_wcs is None:
         if reference.shape[-2:] == data.shape[-2:]:
             return limits  # linked by pixels on the same grid
@@ -48,15 +49,3 @@ def displayed_slice(viewer_state, data) -> int | None:
     shown = {viewer_state.x_att.axis, viewer_state.y_att.axis}
     axis = next(i for i in range(3) if i not in shown)
     return int(viewer_state.slices[axis])
-
-
-def _celestial(data):
-    coords = getattr(data, "coords", None)
-    if coords is None:
-        return None
-    celestial = getattr(coords, "celestial", None)
-    if celestial is not None and getattr(coords, "has_celestial", False):
-        return celestial
-    if getattr(coords, "pixel_n_dim", 0) == 2:  # e.g. a gwcs orientation layer in jdaviz
-        return coords
-    return None

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import AstroVLMError
-from ..results import Result, class_colors, pixel_region, probability_column, results_to_table
+from ..results import Result, class_colors, pixel_region, probability_columns, results_to_table
 
 __all__ = ["RESULTS_LABEL", "CLASS_PREFIX", "label_subset_group", "clear_subset_label", "store_results",
            "write_catalog_components", "create_class_subsets", "clear_plugin_results", "plugin_subset_groups",
@@ -117,7 +117,7 @@ def _set_component(data, name: str, values) -> None:
 def write_catalog_components(catalog, results: Sequence[Result], labels: Sequence[str]) -> None:
     """Add ``vlm_*`` components to a catalogue dataset, one value per row (empty where not tagged).
 
-    Each result must carry its row as ``provenance.extra['catalog_row']``.
+    Each result carries its row of the catalogue as ``provenance.extra['row']`` (as catalogue cutouts do).
     """
     n = catalog.size
     label = np.array([""] * n, dtype=object)
@@ -126,7 +126,7 @@ def write_catalog_components(catalog, results: Sequence[Result], labels: Sequenc
     model = np.array([""] * n, dtype=object)
     adapter = np.array([""] * n, dtype=object)
     for result in results:
-        row = (result.provenance.extra or {}).get("catalog_row") if result.provenance else None
+        row = (result.provenance.extra or {}).get("row") if result.provenance else None
         if row is None:
             continue
         label[row] = result.label or ""
@@ -138,8 +138,9 @@ def write_catalog_components(catalog, results: Sequence[Result], labels: Sequenc
         adapter[row] = result.adapter or ""
     _set_component(catalog, "vlm_label", label.astype(str))
     _set_component(catalog, "vlm_confidence", confidence)
+    columns = probability_columns(labels)
     for name, values in probs.items():
-        _set_component(catalog, "vlm_" + probability_column(name), values)
+        _set_component(catalog, "vlm_" + columns[name], values)
     _set_component(catalog, "vlm_model", model.astype(str))
     _set_component(catalog, "vlm_adapter", adapter.astype(str))
 

@@ -265,6 +265,9 @@ class LocalVLM(VLM):
             batch = images[start:start + batch_size]
             try:
                 results.extend(run_batch(batch))
+            except KeyboardInterrupt as interrupt:  # Ctrl-C in a script: the finished results go with it
+                interrupt.results = list(results)
+                raise
             except Exception as error:  # noqa: BLE001 - only OOM is retried
                 if not _is_oom(error):
                     raise

@@ -1,8 +1,9 @@
 """The AstroVLM dock panel for glue-qt.
 
 Everything it computes goes through the shared `GlueVLM` object (the terminal's ``vlm``): the panel
-only gathers choices, shows the thumbnail of exactly what the model will see, runs the task on the
-session's worker thread (model loading included) and writes results back on the GUI thread.
+turns its choices into one engine `~glue_astrovlm.requests.Request` (`GlueVLM.request`), shows the
+thumbnail of exactly what the model will see, runs the request on the session's worker thread (model
+loading included) and writes results back on the GUI thread. Its widgets live in `widgets`.
 """
 
 from __future__ import annotations
@@ -11,25 +12,23 @@ import logging
 
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
-                            QTableWidgetItem, QTabWidget, QTextBrowser, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
 from ..errors import AstroVLMError
 from ..glue_bridge import writeback
 from ..glue_bridge.catalogs import has_positions
-from ..labelsets import list_presets, resolve_labels
+from ..glue_bridge.scripting import detections_data
+from ..labelsets import resolve_labels
 from ..models.base import OperationCancelled
+from ..requests import make_cutouts
 from ..session import recent_models
 from ..stretch import Stretch
+from . import widgets
+from .widgets import CUSTOM, SOURCES, TASKS
 
-__all__ = ["AstroVLMPanel"]
+__all__ = ["AstroVLMPanel", "SOURCES", "TASKS", "CUSTOM"]
 
 log = logging.getLogger("glue_astrovlm")
-
-SOURCES = ("Current view", "Subset", "Catalogue sources", "Detected sources")
-TASKS = ("ask", "classify", "tag")
-CUSTOM = "Custom labels"
 
 
 class _Signals(QObject):
@@ -70,135 +69,23 @@ class AstroVLMPanel(QWidget):
         self.signals.done.connect(self._on_done)
         self.signals.failed.connect(self._on_failed)
         self.signals.loaded.connect(self._on_loaded)
-        self._build()
+        widgets.build(self)
+        self._connect()
         self.refresh()
 
-    # ----------------------------------------------------------------------------------- layout
-    def _build(self) -> None:
-        layout = QVBoxLayout(self)
-
-        model_box = QGroupBox("Model")
-        form = QFormLayout(model_box)
-        self.model_combo = QComboBox()
-        self.model_combo.setEditable(True)
-        self.model_combo.setToolTip("Hub id, local folder, or server URL such as http://127.0.0.1:8000/v1")
-        self.adapter_edit = QLineEdit()
-        self.adapter_edit.setPlaceholderText("optional LoRA adapter folder")
-        self.load_button = QPushButton("Load")
+    def _connect(self) -> None:
         self.load_button.clicked.connect(self.load_model)
-        self.model_status = QLabel("not loaded")
-        row = QHBoxLayout()
-        row.addWidget(self.model_combo, 1)
-        row.addWidget(self.load_button)
-        form.addRow("Model", row)
-        form.addRow("Adapter", self.adapter_edit)
-        form.addRow("", self.model_status)
-        layout.addWidget(model_box)
-
-        send_box = QGroupBox("What to send")
-        form = QFormLayout(send_box)
-        self.data_combo = QComboBox()
-        self.source_combo = QComboBox()
-        self.source_combo.addItems(SOURCES)
-        self.subset_combo = QComboBox()
-        self.catalog_combo = QComboBox()
-        self.size_spin = QSpinBox()
-        self.size_spin.setRange(8, 2048)
-        self.size_spin.setValue(64)
-        self.size_spin.setSuffix(" px")
-        self.cube_mode = QComboBox()
-        self.cube_mode.addItems(["slice", "sum", "mean", "moment0"])
-        self.cube_index = QSpinBox()
-        self.cube_start = QSpinBox()
-        self.cube_stop = QSpinBox()
-        cube_row = QHBoxLayout()
-        for widget in (self.cube_mode, self.cube_index, self.cube_start, self.cube_stop):
-            cube_row.addWidget(widget)
-        self.interval_combo = QComboBox()
-        self.interval_combo.addItems(["zscale", "percentile", "minmax"])
-        self.stretch_combo = QComboBox()
-        self.stretch_combo.addItems(["linear", "sqrt", "log", "asinh"])
-        self.outside_combo = QComboBox()
-        self.outside_combo.addItems(["keep", "mask", "dim"])
-        stretch_row = QHBoxLayout()
-        for widget in (self.interval_combo, self.stretch_combo, self.outside_combo):
-            stretch_row.addWidget(widget)
-        self.thumbnail = QLabel("no cutout")
-        self.thumbnail.setFixedSize(164, 164)
-        self.thumbnail.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.thumbnail.setToolTip("Exactly the image the model will see")
-        form.addRow("Data", self.data_combo)
-        form.addRow("Send", self.source_combo)
-        form.addRow("Subset", self.subset_combo)
-        form.addRow("Catalogue", self.catalog_combo)
-        form.addRow("Source size", self.size_spin)
-        form.addRow("Cube", cube_row)
-        form.addRow("Stretch", stretch_row)
-        form.addRow("Model sees", self.thumbnail)
-        layout.addWidget(send_box)
-        for combo in (self.data_combo, self.source_combo, self.subset_combo, self.cube_mode, self.interval_combo,
-                      self.stretch_combo, self.outside_combo):
-            combo.currentIndexChanged.connect(self.update_thumbnail)
-        for spin in (self.cube_index, self.cube_start, self.cube_stop):
-            spin.valueChanged.connect(self.update_thumbnail)
-
-        self.tabs = QTabWidget()
-        ask = QWidget()
-        ask_layout = QVBoxLayout(ask)
-        self.question_edit = QLineEdit()
-        self.question_edit.setPlaceholderText("e.g. Is there a jet?")
         self.question_edit.returnPressed.connect(self.run)
-        self.history = QTextBrowser()
-        ask_layout.addWidget(self.question_edit)
-        ask_layout.addWidget(self.history)
-        self.tabs.addTab(ask, "Ask")
-
-        classify = QWidget()
-        classify_layout = QFormLayout(classify)
-        self.preset_combo = QComboBox()
-        self.preset_combo.addItems([p.name for p in list_presets()] + [CUSTOM])
-        self.labels_edit = QLineEdit()
-        self.labels_edit.setPlaceholderText("custom labels, comma-separated: star, galaxy, artefact")
-        self.prob_table = QTableWidget(0, 2)
-        self.prob_table.setHorizontalHeaderLabels(["label", "probability"])
-        self.prob_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        classify_layout.addRow("Label set", self.preset_combo)
-        classify_layout.addRow("Labels", self.labels_edit)
-        classify_layout.addRow(self.prob_table)
-        self.tabs.addTab(classify, "Classify")
-
-        tag = QWidget()
-        tag_layout = QVBoxLayout(tag)
-        self.tag_table = QTableWidget(0, 3)
-        self.tag_table.setHorizontalHeaderLabels(["source", "label", "confidence"])
-        self.tag_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.tag_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.tag_table.cellClicked.connect(self.select_source)
-        tag_layout.addWidget(QLabel("Tags each source with the Classify tab's label set."))
-        tag_layout.addWidget(self.tag_table)
-        self.tabs.addTab(tag, "Tag sources")
-        layout.addWidget(self.tabs, 1)
-
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
-        self.export_button = QPushButton("Export…")
         self.export_button.clicked.connect(lambda: self.export())
-        self.clear_button = QPushButton("Clear results")
         self.clear_button.clicked.connect(self.clear_results)
-        for button in (self.run_button, self.cancel_button, self.export_button, self.clear_button):
-            buttons.addWidget(button)
-        layout.addLayout(buttons)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        layout.addWidget(self.progress)
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
-        layout.addWidget(self.message)
+        for combo in (self.data_combo, self.source_combo, self.subset_combo, self.catalog_combo, self.cube_mode,
+                      self.interval_combo, self.stretch_combo, self.outside_combo):
+            combo.currentIndexChanged.connect(self.update_thumbnail)
+        for spin in (self.cube_index, self.cube_start, self.cube_stop, self.size_spin):
+            spin.valueChanged.connect(self.update_thumbnail)
 
     # ----------------------------------------------------------------------------------- state
     def refresh(self) -> None:
@@ -285,54 +172,38 @@ class AstroVLMPanel(QWidget):
         self.vlm.stretch = self._stretch()
         self.vlm.outside = self.outside_combo.currentText()
 
-    def _cutout_maker(self, limit: int | None = None):
-        """Read the panel's choices now (GUI thread); return a function that makes the cutouts.
-
-        The function does the pixel work (reading, cube reduction, stretching, source detection) and
-        touches no widget and no data collection, so `run` can call it on the worker thread. It returns
-        ``(cutouts, new_catalog)``, ``new_catalog`` being a detections dataset still to be added.
-        """
-        from ..glue_bridge.cutouts import cutouts_from_catalog_data
-
+    def request(self, **task):
+        """The engine request for the panel's choices (read now, on the GUI thread); ``task`` adds the
+        task fields (``task``, ``labels``, ``question``, ``limit``, ...)."""
         self._apply_choices()
         source = self.source_combo.currentText()
         data = self._data()
         if data is None:
             raise AstroVLMError("Load an image or cube into glue first.")
-        cube, stretch = self._cube(), self.vlm.stretch
+        where = dict(data=data, cube=self._cube(), size=self.size_spin.value())
         if source == "Subset":
             if not self.subset_combo.currentText():
                 raise AstroVLMError("There is no subset: draw one on the image first.")
-            make = self.vlm.cutout_maker(self.subset_combo.currentText(), data=data, cube=cube)
-            return lambda: ([make()], None)
+            return self.vlm.request(self.subset_combo.currentText(), **where, **task)
         if source == "Current view":
             viewer = self._image_viewer()
             if viewer is None:
                 raise AstroVLMError(f"Open {data.label} in an image viewer to send the current view.")
-            make = self.vlm.cutout_maker(data=data, view=viewer, cube=cube)
-            return lambda: ([make()], None)
-        size = self.size_spin.value()
+            return self.vlm.request(view=viewer, **where, **task)
         if source == "Catalogue sources":
             if not self.catalog_combo.currentText():
                 raise AstroVLMError("Load a catalogue (a table with ra/dec or x/y columns) into glue first, "
                                     "or choose 'Detected sources'.")
-            catalog = self.vlm._data(self.catalog_combo.currentText())
-            return lambda: (cutouts_from_catalog_data(data, catalog, size=size, cube=cube, stretch=stretch,
-                                                      limit=limit), None)
-
-        def detect_then_cut():
-            catalog = self.vlm._detections(data, None, cube, 5.0, 200)
-            return cutouts_from_catalog_data(data, catalog, size=size, cube=cube, stretch=stretch), catalog
-
-        return detect_then_cut
+            return self.vlm.request(catalog=self.catalog_combo.currentText(), **where, **task)
+        return self.vlm.request(detect=True, nsigma=self.nsigma_spin.value(),
+                                max_sources=self.max_sources_spin.value(), **where, **task)
 
     def preview_cutout(self):
         """The cutout the model would see for the current choices (the first one when tagging)."""
         if self.source_combo.currentText() == "Detected sources":
             self._apply_choices()
             return None  # known after detection, which runs with the task
-        cutouts, _ = self._cutout_maker(limit=1)()
-        return cutouts[0]
+        return make_cutouts(self.request(limit=1)).cutouts[0]
 
     def update_thumbnail(self, *_):
         try:
@@ -389,48 +260,34 @@ class AstroVLMPanel(QWidget):
             return
         try:
             self._sync_model()
-            task, context, make_cutouts = self._prepare()
+            task, context, request = self._prepare()
         except AstroVLMError as error:
             self._show_error(error)
             return
         self._running = (task, context)
         self._busy(True, f"Running {task}…")
-        self.progress.setRange(0, 0)  # busy until the cutouts are counted
-        session_task = "ask" if task == "ask" else "classify"
-        options = {"question": context.get("question")} if task == "ask" else {"labels": context.get("labels")}
-
-        def cutouts():
-            made, new_catalog = make_cutouts()
-            if new_catalog is not None:
-                context["catalog"] = context["new_catalog"] = new_catalog
-            return made
-
-        future = self.vlm.session.submit(session_task, cutouts,
-                                         progress=lambda done, total: self.signals.progress.emit(done, total),
-                                         **options)
+        future = self.vlm.session.submit(request, progress=lambda done, total: self.signals.progress.emit(done, total),
+                                         on_prepared=lambda prepared: context.update(table=prepared.table))
         future.add_done_callback(self._finished)
 
     def _prepare(self):
-        """The task, what the write-back will need, and the cutout maker; raises if a choice is missing."""
-        task = self.task
+        """The task, what the write-back will need, and the request; raises if a choice is missing."""
+        task, source = self.task, self.source_combo.currentText()
         if task == "ask" and not self.question_edit.text().strip():
             raise AstroVLMError("Type a question first.")
-        if task == "tag" and self.source_combo.currentText() not in ("Catalogue sources", "Detected sources"):
+        if task == "tag" and source not in ("Catalogue sources", "Detected sources"):
             raise AstroVLMError("Tagging needs sources: choose 'Catalogue sources' or 'Detected sources'.")
-        if task != "tag" and self.source_combo.currentText() not in ("Subset", "Current view"):
+        if task != "tag" and source not in ("Subset", "Current view"):
             raise AstroVLMError("Choose a subset or the current view for this task.")
-        make_cutouts = self._cutout_maker()
-        data = self._data()
         if task == "ask":
-            return task, {"question": self.question_edit.text().strip()}, make_cutouts
-        context = {"labels": self._labels(), "image": data}
-        if task == "tag":
-            if self.source_combo.currentText() == "Catalogue sources":
-                context["catalog"] = self.vlm._data(self.catalog_combo.currentText())
-            return task, context, make_cutouts
-        if self.source_combo.currentText() == "Subset":
+            question = self.question_edit.text().strip()
+            return task, {}, self.request(task="ask", question=question)
+        context = {"labels": self._labels(), "image": self._data()}
+        if task == "tag" and source == "Catalogue sources":
+            context["catalog"] = self.vlm.data(self.catalog_combo.currentText())
+        elif task == "classify" and source == "Subset":
             context["subset"] = self.subset_combo.currentText()
-        return task, context, make_cutouts
+        return task, context, self.request(labels=context["labels"])
 
     def _finished(self, future) -> None:  # worker thread: hand over to the GUI thread
         error = future.exception()
@@ -470,21 +327,21 @@ class AstroVLMPanel(QWidget):
 
     def _write_back(self, task, context, results) -> None:
         self._last_results = list(results)
-        dc = self.vlm.data_collection
-        if context.get("new_catalog") is not None:
-            self.vlm._add_detections(context.pop("new_catalog"))
         if task == "tag":
-            self.vlm.write_tags(context["image"], context["catalog"], results, context["labels"].labels)
+            catalog = context.get("catalog")
+            if catalog is None:  # detected sources: their dataset joins the collection now
+                catalog = detections_data(context["image"], context["table"])
+                self.vlm.add_detections(catalog)
+            self.vlm.write_tags(context["image"], catalog, results, context["labels"].labels)
             self._fill_tag_table(results)
         elif task == "classify":
-            result = results[0]
             if context.get("subset"):
-                group = self.vlm._group(self.vlm._subset(context["subset"], context.get("image")))
-                writeback.label_subset_group(group, result)
-            writeback.store_results(dc, results)
-            self._fill_probabilities(result)
+                self.vlm.write_classification(self.vlm.subset(context["subset"], context["image"]), results[0])
+            else:
+                writeback.store_results(self.vlm.data_collection, results)
+            self._fill_probabilities(results[0])
         else:
-            writeback.store_results(dc, results)
+            writeback.store_results(self.vlm.data_collection, results)
             for result in results:
                 self.history.append(f"<b>Q:</b> {result.prompt}<br><b>A:</b> {result.answer}<br>")
         self.refresh()

@@ -1,8 +1,9 @@
 """The AstroVLM tray plugin for jdaviz: ask about, classify and tag sources with a small VLM.
 
-The plugin holds only UI state (traitlets) and calls the engine: `selection` turns the choices into
-cutouts through the glue bridge, `VLMSession` runs the model on its worker thread, and `writeback`
-writes subsets and markers into the app. Results are applied on the kernel's main thread.
+The plugin holds only UI state (traitlets) and calls the engine: `selection` turns the choices into an
+engine `~glue_astrovlm.requests.Request` through the glue bridge, `VLMSession` runs it (cutouts and
+model) on its worker thread, and `writeback` writes subsets and markers into the app. Results are
+applied on the kernel's main thread.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import base64
 import io
 import logging
-from pathlib import Path
 
 from traitlets import Bool, Float, Int, List, Unicode, observe
 
@@ -23,11 +23,13 @@ from jdaviz.core.template_mixin import (DatasetSelectMixin, PluginTemplateMixin,
                                         SubsetSelect, TableMixin, ViewerSelectMixin)
 from jdaviz.core.user_api import PluginUserApi
 
+from glue_astrovlm.cutout_types import OUTSIDE_MODES
 from glue_astrovlm.errors import AstroVLMError
 from glue_astrovlm.glue_bridge.catalogs import has_positions
 from glue_astrovlm.labelsets import list_presets, resolve_labels
-from glue_astrovlm.results import class_colors
-from glue_astrovlm.stretch import Stretch
+from glue_astrovlm.requests import make_cutouts
+from glue_astrovlm.results import REGION_FORMATS, class_colors
+from glue_astrovlm.stretch import INTERVALS, STRETCHES, Stretch
 
 from . import selection, writeback
 
@@ -163,11 +165,11 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
                                             default_text=selection.ENTIRE_SPECTRUM,
                                             filters=[selection.is_range_subset])
         self.interval = SelectPluginComponent(self, items='interval_items', selected='interval_selected',
-                                              manual_options=['zscale', 'percentile', 'minmax'])
+                                              manual_options=list(INTERVALS))
         self.stretch = SelectPluginComponent(self, items='stretch_items', selected='stretch_selected',
-                                             manual_options=['linear', 'sqrt', 'log', 'asinh'])
+                                             manual_options=list(STRETCHES))
         self.outside = SelectPluginComponent(self, items='outside_items', selected='outside_selected',
-                                             manual_options=['keep', 'dim', 'mask'])
+                                             manual_options=list(OUTSIDE_MODES))
         self.preset = SelectPluginComponent(self, items='preset_items', selected='preset_selected',
                                             manual_options=[p.name for p in list_presets()] + [CUSTOM])
         self.tag_source = SelectPluginComponent(self, items='tag_source_items', selected='tag_source_selected',
@@ -313,21 +315,15 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         """The cutout the model would see for the current choices (the first source when tagging, or
         the area searched when sources are detected at run time); also shown as the plugin's thumbnail.
         """
-        data = self._data()
-        cube = self._cube(data)
         note = ""
         if TASKS[self.task_tab] == "tag" and self.tag_source.selected == selection.TAG_DETECT:
             # detection runs with the task; show the area it searches
-            cutout = selection.view_cutout(data, self._viewer(), cube=cube, stretch=self._stretch())
+            data = self._data()
+            request = selection.view_request_of(data, self._viewer(), cube=self._cube(data), stretch=self._stretch())
             note = " (sources are detected here when you run)"
-        elif TASKS[self.task_tab] == "tag":
-            cutouts, _ = selection.tag_cutouts(self._app, data, **self._tag_options(cube), limit=1)
-            cutout = cutouts[0]
-        elif self.send.selected == selection.SEND_SUBSET:
-            cutout = selection.subset_cutout(self._app, data, self.subset.selected, cube=cube,
-                                             outside=self.outside.selected, stretch=self._stretch())
         else:
-            cutout = selection.view_cutout(data, self._viewer(), cube=cube, stretch=self._stretch())
+            request, _ = self._request(TASKS[self.task_tab], limit=1)
+        cutout = make_cutouts(request).cutouts[0]
         ny, nx = cutout.shape
         where = f", {cutout.provenance.cube}" if cutout.provenance.cube else ""
         self.thumbnail = _thumbnail(cutout)
@@ -352,11 +348,21 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
     def vue_update_thumbnail(self, *args):
         self._update_thumbnail()
 
-    def _tag_options(self, cube) -> dict:
-        return dict(source=self.tag_source.selected, catalog=self.catalog.selected,
-                    table_file=self.table_file.strip() or None, viewer=self._viewer(),
-                    size=int(self.cutout_size), cube=cube, stretch=self._stretch(),
-                    nsigma=float(self.nsigma), max_sources=int(self.max_sources))
+    def _request(self, tab: str, *, cube=None, **fields):
+        """The engine request for the plugin's choices (read now, on the kernel's thread), and the glue
+        catalogue dataset behind a tagging run (`None` otherwise). ``fields`` are more `Request` fields."""
+        data = self._data()
+        cube = cube if cube is not None else self._cube(data)
+        options = dict(cube=cube if data.ndim == 3 else None, stretch=self._stretch(), **fields)
+        if tab == "tag":
+            return selection.tag_request(self._app, data, self.tag_source.selected, catalog=self.catalog.selected,
+                                         table_file=self.table_file.strip() or None, viewer=self._viewer(),
+                                         nsigma=float(self.nsigma), max_sources=int(self.max_sources),
+                                         size=int(self.cutout_size), **options)
+        if self.send.selected == selection.SEND_SUBSET:
+            return selection.subset_request_of(self._app, data, self.subset.selected, outside=self.outside.selected,
+                                               **options), None
+        return selection.view_request_of(data, self._viewer(), **options), None
 
     # ------------------------------------------------------------------------------ tasks
     def ask(self, question: str | None = None, *, cube: dict | None = None, wait: bool = True):
@@ -442,34 +448,16 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         self.cancel()
 
     def _prepare(self, task: str, cube=None) -> dict:
-        data = self._data()
-        cube = cube if cube is not None else self._cube(data)
-        if data.ndim != 3:
-            cube = None
-        context = {"task": task, "data": data, "cube": cube}
-        if task == "tag":
-            context["labels"] = self._label_set()
-            options = self._tag_options(cube)  # read the plugin's choices now, on the kernel's thread
-
-            def make_cutouts():  # on the session's worker: reading, detection and stretching of every source
-                cutouts, catalog = selection.tag_cutouts(self._app, data, **options)
-                context.update(cutouts=cutouts, catalog=catalog)
-                return cutouts
-
-            context["make_cutouts"] = make_cutouts
-            return context
-        if self.send.selected == selection.SEND_SUBSET:
-            cutout = selection.subset_cutout(self._app, data, self.subset.selected, cube=cube,
-                                             outside=self.outside.selected, stretch=self._stretch())
-        else:
-            cutout = selection.view_cutout(data, self._viewer(), cube=cube, stretch=self._stretch())
-        context["cutouts"] = [cutout]
+        """What a run needs: its request, and what the write-back will need."""
+        context = {"task": task, "data": self._data()}
         if task == "ask":
             if not self.question.strip():
                 raise AstroVLMError("Type a question first.")
-            context["question"] = self.question.strip()
+            fields = {"task": "ask", "question": self.question.strip()}
         else:
             context["labels"] = self._label_set()
+            fields = {"labels": context["labels"]}
+        context["request"], context["catalog"] = self._request(task, cube=cube, **fields)
         return context
 
     def _start(self, task: str, *, cube=None, wait: bool):
@@ -480,20 +468,14 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         except Exception as error:
             raise self._report_error(error)
         loop = None if wait else _running_loop()
-        if "cutouts" in context:
-            self._set_running(True, f"Running {task} on {len(context['cutouts'])} cutout(s)...")
-            self.thumbnail = _thumbnail(context["cutouts"][0])
-        else:
-            self._set_running(True, f"Preparing the sources to {task}...")
-        options = ({"question": context["question"]} if task == "ask" else {"labels": context["labels"]})
+        self._set_running(True, f"Preparing the cutouts to {task}...")
         if loop is None:
             progress = self._on_progress
         else:
             def progress(done, total):
                 loop.call_soon_threadsafe(self._on_progress, done, total)
-        session_task = "ask" if task == "ask" else "classify"
-        future = self.vlm_session.submit(session_task, context.get("make_cutouts") or context["cutouts"],
-                                         progress=progress, **options)
+        future = self.vlm_session.submit(context["request"], progress=progress,
+                                         on_prepared=lambda prepared: context.update(cutouts=prepared.cutouts))
         self._future = future
         if loop is not None:
             future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finish, context, f))
@@ -633,21 +615,12 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         Files are written atomically and never overwritten unless ``overwrite=True``.
         Returns the paths written.
         """
-        from glue_astrovlm.results import write_regions, write_table
+        from glue_astrovlm.results import export
 
-        prefix = Path(prefix or self.export_prefix)
-        table = self.results_table()
-        paths = [prefix.with_name(prefix.name + ".ecsv"),
-                 prefix.with_name(prefix.name + (".reg" if region_format == "ds9" else ".crtf"))]
-        for path in paths:
-            if path.exists() and not overwrite:
-                raise AstroVLMError(f"{path} already exists; choose another name or pass overwrite=True.")
-        written = [write_table(table, paths[0], overwrite=overwrite)]
-        try:
-            written.append(write_regions(self._results, paths[1], overwrite=overwrite))
-        except AstroVLMError:
-            pass  # results without positions have no region
-        return written
+        if region_format not in REGION_FORMATS:
+            raise AstroVLMError(f"Unknown region format {region_format!r}; use one of {', '.join(REGION_FORMATS)}.")
+        return export(self._results, prefix or self.export_prefix, formats=("ecsv", region_format),
+                      overwrite=overwrite, table=self.results_table())
 
     def vue_export_results(self, *args):
         try:

@@ -1,22 +1,25 @@
-"""From the AstroVLM plugin's choices in a jdaviz app to engine inputs: cube options and cutouts.
+"""From the AstroVLM plugin's choices in a jdaviz app to the engine's `~glue_astrovlm.requests.Request`.
 
 Everything here is a thin lookup in jdaviz (which viewer, which subset, which channel is shown)
-followed by one call into the glue bridge; the cutting, reducing and detecting live there.
+followed by one call into the glue bridge's request builders; cutting, reducing and detecting happen
+when the request runs, in the engine.
 """
 
 from __future__ import annotations
 
+from glue_astrovlm.cubes import CUBE_MODES as ENGINE_CUBE_MODES
 from glue_astrovlm.errors import AstroVLMError
-from glue_astrovlm.glue_bridge.catalogs import catalog_table_from_data, cutouts_from_table, detected_sources_table
-from glue_astrovlm.glue_bridge.cutouts import cutout_from_subset, cutout_from_view
+from glue_astrovlm.glue_bridge.selections import catalog_request, detect_request, subset_request, view_request
+from glue_astrovlm.glue_bridge.sources import image_source_from_data
 from glue_astrovlm.glue_bridge.views import displayed_slice, view_bounds
-from glue_astrovlm.stretch import DEFAULT_STRETCH, Stretch
+from glue_astrovlm.requests import Request
 
 __all__ = ["CUBE_MODES", "SEND_VIEW", "SEND_SUBSET", "TAG_CATALOG", "TAG_FILE", "TAG_DETECT",
-           "is_range_subset", "cube_options", "spectral_range", "view_cutout", "subset_cutout", "tag_cutouts"]
+           "is_range_subset", "cube_options", "spectral_range", "view_request_of", "subset_request_of",
+           "tag_request"]
 
-#: Cube choices shown in the plugin and the engine's `reduce_cube` mode behind each.
-CUBE_MODES = {"Displayed slice": "slice", "Sum": "sum", "Mean": "mean", "Moment 0": "moment0"}
+#: Cube choices shown in the plugin and the engine's `reduce_cube` mode behind each (one per engine mode).
+CUBE_MODES = dict(zip(("Displayed slice", "Sum", "Mean", "Moment 0"), ENGINE_CUBE_MODES))
 SEND_VIEW, SEND_SUBSET = "Viewer area", "Spatial subset"
 TAG_CATALOG, TAG_FILE, TAG_DETECT = "Catalogue in jdaviz", "Table file", "Detected in view"
 ENTIRE_SPECTRUM = "Entire Spectrum"
@@ -78,16 +81,15 @@ def cube_options(viz, data, mode: str, *, viewer=None, spectral_subset: str | No
     return {"mode": CUBE_MODES[mode], "spectral_range": spectral_range(viz, spectral_subset)}
 
 
-def view_cutout(data, viewer, *, cube=None, stretch: Stretch = DEFAULT_STRETCH):
-    """The cutout of what ``viewer`` shows of ``data``."""
+def view_request_of(data, viewer, **options) -> Request:
+    """The request for what ``viewer`` shows of ``data``."""
     if viewer is None:
         raise AstroVLMError("Choose an image viewer to send its visible area.")
-    return cutout_from_view(data, *view_bounds(viewer.state, data), cube=cube, stretch=stretch)
+    return view_request(data, view_bounds(viewer.state, data), **options)
 
 
-def subset_cutout(app, data, subset_label: str, *, cube=None, outside: str = "keep",
-                  stretch: Stretch = DEFAULT_STRETCH):
-    """The cutout of a spatial subset of ``data``."""
+def subset_request_of(app, data, subset_label: str, **options) -> Request:
+    """The request for a spatial subset of ``data``."""
     if not subset_label:
         raise AstroVLMError("There is no spatial subset: draw one on the image (or import a region) first.")
     group = next((g for g in app.data_collection.subset_groups if g.label == subset_label), None)
@@ -96,13 +98,12 @@ def subset_cutout(app, data, subset_label: str, *, cube=None, outside: str = "ke
     subset = next((s for s in group.subsets if s.data is data), None)
     if subset is None:
         raise AstroVLMError(f"Subset {subset_label!r} is not defined on {data.label}.")
-    return cutout_from_subset(subset, cube=cube, outside=outside, stretch=stretch)
+    return subset_request(subset, **options)
 
 
-def tag_cutouts(app, data, source: str, *, catalog: str | None = None, table_file: str | None = None,
-                viewer=None, size: int = 64, cube=None, stretch: Stretch = DEFAULT_STRETCH,
-                nsigma: float = 5.0, max_sources: int = 50, limit: int | None = None):
-    """One cutout per source to tag, and the glue catalogue dataset behind them (or `None`).
+def tag_request(app, data, source: str, *, catalog: str | None = None, table_file: str | None = None,
+                viewer=None, nsigma: float = 5.0, max_sources: int = 50, **options) -> tuple[Request, object]:
+    """The request for the sources to tag, and the glue catalogue dataset behind them (or `None`).
 
     Parameters
     ----------
@@ -115,26 +116,23 @@ def tag_cutouts(app, data, source: str, *, catalog: str | None = None, table_fil
         Path of an ECSV, FITS, VOTable or CSV table with RA/Dec or x/y columns, for ``'Table file'``.
     viewer : jdaviz viewer, optional
         For ``'Detected in view'``: only sources in its visible area are kept (whole image without).
-    limit : int, optional
-        Stop after this many cutouts (the thumbnail needs one).
+    options
+        Further `Request` fields: ``size``, ``cube``, ``stretch``, ``limit`` (a thumbnail needs one), ...
     """
     if source == TAG_CATALOG:
         if not catalog:
             raise AstroVLMError("No catalogue is loaded: load one (format='Catalog'), run Catalog Search, or "
                                 "choose 'Table file' or 'Detected in view'.")
         catalog_data = app.data_collection[catalog]
-        table = catalog_table_from_data(catalog_data)
-        cutouts = cutouts_from_table(data, table, size=size, cube=cube, stretch=stretch,
-                                     extra={"glue_catalog": catalog}, limit=limit)
-        return cutouts, catalog_data
+        return catalog_request(data, catalog_data, **options), catalog_data
     if source == TAG_FILE:
         if not table_file:
             raise AstroVLMError("Give the path of a table file (ECSV, FITS, VOTable or CSV) with RA/Dec or x/y.")
-        return cutouts_from_table(data, str(table_file), size=size, cube=cube, stretch=stretch, limit=limit), None
+        return Request(image=image_source_from_data(data), send="catalog", catalog=str(table_file),
+                       skip_outside=True, extra={"glue_data": data.label}, **options), None
     if source == TAG_DETECT:
-        bounds = None
+        within = None
         if viewer is not None and any(layer.layer is data for layer in viewer.layers):
-            bounds = view_bounds(viewer.state, data)
-        table = detected_sources_table(data, cube=cube, bounds=bounds, nsigma=nsigma, max_sources=max_sources)
-        return cutouts_from_table(data, table, size=size, cube=cube, stretch=stretch), None
+            within = view_bounds(viewer.state, data)
+        return detect_request(data, nsigma=nsigma, max_sources=max_sources, within=within, **options), None
     raise AstroVLMError(f"Unknown source list {source!r}; use {TAG_CATALOG!r}, {TAG_FILE!r} or {TAG_DETECT!r}.")

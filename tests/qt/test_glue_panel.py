@@ -112,8 +112,8 @@ def test_tag_session_round_trip_and_gui_stays_responsive(qtbot, glue_app, fits_d
 
     from glue_qt.app import GlueApplication
 
-    import glue_astrovlm.glue_bridge.cutouts as bridge_cutouts
     import glue_astrovlm.models.loading as loading_module
+    import glue_astrovlm.requests as requests_module
 
     calls = []
 
@@ -121,13 +121,14 @@ def test_tag_session_round_trip_and_gui_stays_responsive(qtbot, glue_app, fits_d
         original = getattr(module, name)
 
         def wrapper(*args, **kwargs):
-            calls.append((name, kwargs.get("limit"), threading.current_thread() is threading.main_thread()))
+            limit = getattr(args[0], "limit", None) if args else None  # make_cutouts(request)
+            calls.append((name, limit, threading.current_thread() is threading.main_thread()))
             return original(*args, **kwargs)
 
         monkeypatch.setattr(module, name, wrapper)
 
     on_thread(loading_module, "load_model")
-    on_thread(bridge_cutouts, "cutouts_from_catalog_data")
+    on_thread(requests_module, "make_cutouts")
 
     image = _load(glue_app, fits_dir / "HorseHead.fits")
     user = _box(glue_app, image, "user box")
@@ -162,7 +163,7 @@ def test_tag_session_round_trip_and_gui_stays_responsive(qtbot, glue_app, fits_d
     print(f"loading: longest gap {loading.longest * 1000:.0f} ms of {loading.elapsed:.2f} s; run(): returned "
           f"after {returned * 1000:.0f} ms, longest gap {running.longest * 1000:.0f} ms of {running.elapsed:.2f} s")
     # every cutout of the run was made on the worker (the GUI thread only makes the one-source thumbnail)
-    assert ("cutouts_from_catalog_data", None, False) in calls
+    assert ("make_cutouts", None, False) in calls
     assert all(not on_main or limit == 1 for _, limit, on_main in calls), calls
     assert not any(name == "load_model" for name, _, _ in calls)  # the loaded model was reused
     # The timings are a coarse guard (a busy 2-core machine can delay the GUI thread): a run on the GUI

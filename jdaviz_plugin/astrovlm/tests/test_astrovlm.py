@@ -228,22 +228,6 @@ def test_imviz_tags_catalog_search_results(imviz, fits_dir):
     assert {safe_subset_label(r.label) for r in results} <= set(_subset_labels(imviz))
 
 
-def test_catalogue_columns_follow_jdaviz_loader_choices():
-    from glue.core import Data
-
-    from glue_astrovlm.glue_bridge.catalogs import catalog_table_from_data, has_positions
-
-    data = Data(label="sources", alpha=[5.5, 5.6], delta=[-2.4, -2.5], tag=["a", "b"], flux=[1.0, 2.0])
-    assert not has_positions(data)
-    data.get_component("alpha").units = "hourangle"
-    data.meta.update(_jdaviz_loader_ra_col="alpha", _jdaviz_loader_dec_col="delta", _jdaviz_id_col="tag")
-    assert has_positions(data)
-    table = catalog_table_from_data(data)
-    assert list(table["ra"]) == pytest.approx([82.5, 84.0])
-    assert list(table["dec"]) == [-2.4, -2.5]
-    assert list(table["id"]) == ["a", "b"] and list(table["_row"]) == [0, 1]
-
-
 def test_errors_reach_the_snackbar_and_the_plugin(imviz, tmp_path):
     plg = imviz.plugins["AstroVLM"]
     before = len(imviz.snackbars.of("error"))

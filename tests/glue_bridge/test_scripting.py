@@ -8,14 +8,13 @@ import pytest
 pytest.importorskip("glue")
 pytest.importorskip("glue_astronomy")
 
-from glue.core import Data, DataCollection  # noqa: E402
-from glue.core.data_factories import load_data  # noqa: E402
+from glue.core import Data  # noqa: E402
 from glue.core.roi import CircularROI, RectangularROI  # noqa: E402
-from glue.core.subset import InequalitySubsetState, RoiSubsetState  # noqa: E402
+from glue.core.subset import InequalitySubsetState  # noqa: E402
 
 from glue_astrovlm import AstroVLMError  # noqa: E402
+from .glue_helpers import box as _box  # noqa: E402
 from glue_astrovlm.glue_bridge import writeback  # noqa: E402
-from glue_astrovlm.glue_bridge.regions import region_to_roi, subset_to_region  # noqa: E402
 from glue_astrovlm.glue_bridge.scripting import GlueVLM  # noqa: E402
 from glue_astrovlm.session import VLMSession  # noqa: E402
 
@@ -23,23 +22,10 @@ LABELS = ["star", "galaxy", "nebula"]
 
 
 @pytest.fixture()
-def horsehead(fits_dir):
-    loaded = load_data(str(fits_dir / "HorseHead.fits"))
-    image = loaded[0] if isinstance(loaded, list) else loaded
-    dc = DataCollection([image])
-    return dc, image
-
-
-@pytest.fixture()
 def vlm(horsehead, tiny_smolvlm_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ASTROVLM_CONFIG_DIR", str(tmp_path / "config"))
     dc, _ = horsehead
     return GlueVLM(dc, VLMSession(str(tiny_smolvlm_dir), dtype="float32"))
-
-
-def _box(dc, image, label="my box", roi=None):
-    x, y = image.pixel_component_ids[1], image.pixel_component_ids[0]
-    return dc.new_subset_group(label, RoiSubsetState(x, y, roi or RectangularROI(100, 200, 300, 380)))
 
 
 def test_classify_subset_labels_it_and_stores_results(horsehead, vlm):
@@ -115,19 +101,6 @@ def test_view_cutout_and_errors(horsehead, vlm, fits_dir):
     finally:
         del os.environ["HF_HUB_OFFLINE"]
     assert vlm.results == []  # nothing half-written
-
-
-def test_region_round_trip():
-    from regions import CirclePixelRegion, PixCoord, RectanglePixelRegion
-
-    data = Data(label="img", x=np.zeros((50, 60)))
-    dc = DataCollection([data])
-    for region in (CirclePixelRegion(PixCoord(20, 25), 6), RectanglePixelRegion(PixCoord(30, 20), 10, 8)):
-        roi = region_to_roi(region)
-        group = dc.new_subset_group("r", RoiSubsetState(data.pixel_component_ids[1], data.pixel_component_ids[0], roi))
-        back = subset_to_region(group.subsets[0])
-        assert back.center.x == pytest.approx(region.center.x) and back.center.y == pytest.approx(region.center.y)
-        np.testing.assert_array_equal(group.subsets[0].to_mask(), region.to_mask(mode="center").to_image((50, 60)) > 0)
 
 
 def test_detect_creates_a_catalogue(horsehead, vlm):

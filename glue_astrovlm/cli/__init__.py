@@ -1,0 +1,92 @@
+"""The ``astrovlm`` command line: classify, ask about and describe astronomical images; evaluate and
+fine-tune models on labelled images.
+
+``classify``, ``ask`` and ``describe`` read an image (FITS, compressed FITS, PNG/JPEG, or three FITS bands
+as ``R,G,B``), cut it into model images (whole image, a position, regions, a catalogue, or detected
+sources), run a local or remote model and write an ECSV/FITS table and a DS9/CRTF region file. User
+errors print one line saying what to do and exit with status 2; Ctrl-C and SIGTERM keep finished
+results. ``eval`` writes a report comparing models and adapters on labelled images; ``finetune`` trains
+a LoRA adapter (or a projector, or the whole model) on them.
+
+The package: `parser` (the options), `run` (classify/ask/describe), `evaluate` and `finetune`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+from ..errors import AstroVLMError
+from .parser import build_parser
+
+__all__ = ["main", "build_parser"]
+
+
+def _quiet_libraries() -> None:
+    """A normal run prints the project's own progress and results only: the libraries' progress bars,
+    log chatter and deprecation warnings appear with -v."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    if "transformers" in sys.modules:  # imported already (e.g. main() called from Python)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+
+
+def _command_presets() -> int:
+    from ..labelsets import list_presets
+
+    for preset in list_presets():
+        print(f"{preset.name}: {preset.title}")
+        for label, description in zip(preset.labels, preset.descriptions):
+            print(f"    {label:<26} {description}")
+    return 0
+
+
+def _dispatch(args) -> int:
+    if args.command == "presets":
+        return _command_presets()
+    if args.command == "eval":
+        from .evaluate import command_eval
+
+        return command_eval(args)
+    if args.command == "finetune":
+        from .finetune import command_finetune
+
+        return command_finetune(args)
+    from .run import command_run
+
+    return command_run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``astrovlm`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        _quiet_libraries()
+    try:
+        if hasattr(args, "adapter") and getattr(args, "model", "") is None:
+            from ..models.loading import DEFAULT_MODEL
+            from ..records import adapter_base_model
+            from .run import adapters_from_args
+
+            args.model = adapter_base_model(adapters_from_args(args.adapter)) or DEFAULT_MODEL
+        return _dispatch(args)
+    except AstroVLMError as error:
+        from .run import printable
+
+        print(f"astrovlm: error: {printable(error)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

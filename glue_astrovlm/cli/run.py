@@ -1,0 +1,313 @@
+"""``astrovlm classify``, ``ask`` and ``describe``: the options become one engine `Request`, which a
+`~glue_astrovlm.session.VLMSession` runs, and the results go to the terminal and to `RunOutputs`.
+
+Nothing finished is lost: Ctrl-C or SIGTERM (what batch schedulers send) stops after the current
+batch, a server that dies keeps what it answered, and either way the finished results are written,
+marked partial, and the exit status says so (130, 143, 2). ``--resume`` continues such a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import unicodedata
+from pathlib import Path
+
+from ..errors import AstroVLMError
+
+__all__ = ["command_run", "request_from_args", "image_from_args", "cube_from_args", "labels_from_args",
+           "adapters_from_args", "session_from_args", "printable"]
+
+log = logging.getLogger("glue_astrovlm")
+
+EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 2, 130, 143
+
+
+# ----------------------------------------------------------------------------- options -> engine objects
+def _hdu(text):
+    return int(text) if text is not None and text.lstrip("-").isdigit() else text
+
+
+def image_from_args(args):
+    """The image named by FILE: one file, or three bands ``R,G,B`` as an RGB composite."""
+    from ..sources import open_image, rgb_composite
+
+    files = [f for f in args.file.split(",") if f]
+    if len(files) == 3:
+        return rgb_composite(*(open_image(f, hdu=_hdu(args.hdu)) for f in files))
+    if len(files) == 1:
+        return open_image(files[0], hdu=_hdu(args.hdu))
+    raise AstroVLMError(f"Give one image, or three bands as R,G,B; got {len(files)} files.")
+
+
+def cube_from_args(args, image) -> dict | None:
+    """The ``reduce_cube`` arguments of --slice/--sum/--mean/--moment0 (and --spectral-axis)."""
+    from .parser import parse_channel_range
+
+    chosen = next(((mode, getattr(args, mode)) for mode in ("slice", "sum", "mean", "moment0")
+                   if getattr(args, mode, None) is not None), None)
+    if chosen is None:
+        if getattr(image, "is_cube", False):
+            raise AstroVLMError(f"{args.file} is a cube; choose a plane with --slice N, --sum A:B, --mean A:B "
+                                "or --moment0 A:B.")
+        return None
+    mode, value = chosen
+    cube = {"mode": mode}
+    if mode == "slice":
+        cube["index"] = value
+    else:
+        cube["spectral_range"] = parse_channel_range(value)
+    if getattr(args, "spectral_axis", None) is not None:
+        cube["spectral_axis"] = args.spectral_axis
+    return cube
+
+
+def _sky_position(ra: str, dec: str, frame: str):
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    try:
+        try:
+            return SkyCoord(float(ra), float(dec), unit="deg", frame=frame)
+        except ValueError:
+            if frame == "galactic":
+                raise
+            return SkyCoord(ra, dec, unit=(u.hourangle, u.deg), frame=frame)
+    except Exception as error:  # astropy raises several types for bad angles
+        raise AstroVLMError(f"Could not read the position {ra} {dec}: {error}. Give degrees (150.1 2.2) or "
+                            "sexagesimal (10:00:24 +02:12:00, 05h40m59s -02d27m30s).") from error
+
+
+def _stretch(args):
+    from ..stretch import Stretch
+
+    return Stretch(interval=args.interval, stretch=args.stretch, contrast=args.contrast, percentile=args.percentile)
+
+
+def _send(args) -> dict:
+    """The ``send`` of the request and what it needs."""
+    from ..requests import Detection
+
+    if args.regions:
+        return {"send": "regions", "regions": args.regions}
+    if args.catalog:
+        columns = {role: getattr(args, f"{role}_col") for role in ("ra", "dec", "x", "y", "id")
+                   if getattr(args, f"{role}_col")}
+        return {"send": "catalog", "catalog": args.catalog, "columns": columns, "skip_outside": args.skip_outside}
+    if args.position:
+        return {"send": "position", "position": _sky_position(*args.position, args.frame)}
+    if args.pixel:
+        return {"send": "position", "position": tuple(args.pixel)}
+    if args.detect:
+        return {"send": "detect", "detection": Detection(nsigma=args.nsigma, max_sources=args.max_sources)}
+    if args.size is not None:
+        log.info("--size applies to positions, catalogues, detections and region points; sending the whole image")
+    return {"send": "image"}
+
+
+def request_from_args(args, labels=None):
+    """The engine `~glue_astrovlm.requests.Request` of a classify/ask/describe command line."""
+    from ..requests import DEFAULT_SIZE, Request
+
+    image = image_from_args(args)
+    if args.command == "classify":
+        task = dict(task="classify", labels=labels, question=args.question if labels is None else None)
+    else:
+        task = dict(task=args.command, question=getattr(args, "question", None), max_new_tokens=args.max_new_tokens)
+    size = args.size if args.size is not None else (None if args.regions else DEFAULT_SIZE)
+    return Request(image=image, cube=cube_from_args(args, image), stretch=_stretch(args), size=size,
+                   outside=args.outside, **_send(args), **task)
+
+
+def labels_from_args(args):
+    """The label set the user asked for (--labels/--preset/--question), or None."""
+    from ..labelsets import resolve_labels
+
+    if getattr(args, "labels", None) is None and getattr(args, "preset", None) is None:
+        return None
+    given = args.labels
+    if given and len(given) == 1 and Path(given[0]).suffix.lower() in {".toml", ".yaml", ".yml"}:
+        given = given[0]
+    return resolve_labels(given, args.preset, args.question)
+
+
+def adapters_from_args(values) -> dict | None:
+    """``--adapter [NAME=]PATH`` (repeatable) as ``{name: path}``."""
+    if not values:
+        return None
+    adapters = {}
+    for value in values:
+        name, _, path = value.rpartition("=")
+        adapters[name or Path(path).name] = path
+    return adapters
+
+
+def session_from_args(args):
+    """A session with the model options of the command line (not remembered as a recent model)."""
+    from ..session import VLMSession
+
+    if str(args.model).startswith(("http://", "https://")):
+        options = dict(served_model=args.served_model, timeout=args.timeout)
+    else:
+        options = dict(device=args.device, dtype=args.dtype, batch_size=args.batch_size, tiling=args.tiling,
+                       trust_remote_code=args.trust_remote_code)
+    return VLMSession(args.model, adapters_from_args(args.adapter), remember=False, **options)
+
+
+def _has_finetune_record(args) -> bool:
+    """Whether the first --adapter, or else the --model folder, was written by `astrovlm finetune`."""
+    from ..records import read_finetune_record
+
+    adapters = adapters_from_args(args.adapter)
+    where = Path(str(next(iter(adapters.values())) if adapters else args.model)).expanduser()
+    return where.is_dir() and read_finetune_record(where) is not None
+
+
+# ----------------------------------------------------------------------------- running
+class _StopOnSignals:
+    """Ctrl-C (SIGINT) or SIGTERM: stop after the current batch, keeping what finished; again: stop now."""
+
+    def __init__(self, session):
+        self.session = session
+        self.received = None
+        self._previous = {}
+
+    def _handle(self, signum, _frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        self.session.cancel()
+        print(f"\n{signal.Signals(signum).name}: stopping after the current batch; finished results are kept "
+              "(Ctrl-C again to stop at once).", file=sys.stderr)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_SIGTERM if self.received == signal.SIGTERM else EXIT_SIGINT
+
+
+def _run(session, request, cutouts):
+    """Run the request on ``cutouts``: ``(results, exit status or None, error or None)``."""
+    from tqdm.auto import tqdm
+
+    from ..models.base import OperationCancelled
+
+    with tqdm(total=len(cutouts), desc=request.task, unit="cutout", disable=len(cutouts) < 2,
+              file=sys.stderr) as bar, _StopOnSignals(session) as stop:
+        def progress(done, _total):
+            bar.update(done - bar.n)
+
+        try:
+            return session.run(request, cutouts=cutouts, progress=progress), None, None
+        except OperationCancelled as cancelled:
+            return cancelled.results, stop.exit_status, None
+        except KeyboardInterrupt as interrupt:
+            return list(getattr(interrupt, "results", None) or []), stop.exit_status, None
+        except AstroVLMError as error:
+            if getattr(error, "results", None) is None:
+                raise
+            return list(error.results), EXIT_FAILED, error
+
+
+def printable(text: str) -> str:
+    """Text with control and escape characters shown as escapes, so that an answer cannot rewrite the
+    terminal; line breaks are kept and indented under the first line."""
+    out = []
+    for char in str(text):
+        if char == "\n":
+            out.append("\n\t")
+        elif char == "\t" or unicodedata.category(char)[0] != "C":
+            out.append(char)
+        else:
+            out.append(repr(char)[1:-1])
+    return "".join(out)
+
+
+def _print_results(results) -> None:
+    for result in results:
+        where = printable(result.source_id or "-")
+        if result.task == "classify":
+            probs = "  ".join(f"{printable(k)}={v:.3f}" for k, v in result.probabilities.items())
+            print(f"{where}\t{printable(result.label)}\t{result.confidence:.3f}\t{probs}")
+        else:
+            print(f"{where}\t{printable(result.answer)}")
+
+
+def _described(args, request) -> dict:
+    """What the run asked, recorded in the table and compared when resuming."""
+    return {"task": request.task, "labels": list(request.labels.labels) if request.labels is not None else None,
+            "question": request.question, "model": str(args.model), "adapter": args.adapter or None,
+            "stretch": request.stretch.describe(), "cube": str(request.cube) if request.cube else None}
+
+
+def _write(outputs, results, total: int, labels, described) -> list[Path]:
+    """Write through ``outputs``; if that fails, keep the results in a rescue table and say where."""
+    import os
+    import tempfile
+
+    from ..results import write_table
+
+    try:
+        return outputs.write(results, total=total, labels=labels, described=described)
+    except AstroVLMError as error:
+        if not results:
+            raise
+        rescue = Path(tempfile.gettempdir()) / f"astrovlm-rescue-{os.getpid()}.ecsv"
+        write_table(results, rescue, overwrite=True)
+        raise AstroVLMError(f"{error} The {len(results)} finished result(s) were saved to {rescue} instead.") \
+            from None
+
+
+def command_run(args) -> int:
+    """``astrovlm classify/ask/describe``; returns the exit status."""
+    from ..outputs import RunOutputs
+    from ..results import result_key
+
+    labels = labels_from_args(args) if args.command == "classify" else None  # checked before any work
+    if args.command == "classify" and labels is None and not _has_finetune_record(args):
+        raise AstroVLMError("Give --labels or --preset (see `astrovlm presets`). Only a model or adapter made by "
+                            "`astrovlm finetune` brings its own labels.")
+    outputs = None
+    if args.out is not None:
+        outputs = RunOutputs(args.out, table_format=args.table_format, region_format=args.region_format,
+                             overwrite=args.overwrite, resume=args.resume).reserve()
+    elif args.resume:
+        raise AstroVLMError("--resume continues the run written to --out; give that --out.")
+    try:
+        request = request_from_args(args, labels)
+        described = _described(args, request)
+        if outputs is not None:
+            outputs.check_same_request(described)
+        session = session_from_args(args)
+        prepared = session.prepare(request)
+        done = outputs.done_keys if outputs is not None else set()
+        todo = [c for c in prepared.cutouts if result_key(c.provenance) not in done]
+        log.info("%d cutout(s) from %s, %d still to do", len(prepared.cutouts), args.file, len(todo))
+        results, status, error = _run(session, request, todo)
+        _print_results(results)
+        written = []
+        if outputs is not None:
+            written = _write(outputs, results, len(prepared.cutouts), labels.labels if labels else None, described)
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+        if status is not None:
+            finished = len(results) + len(done & {result_key(c.provenance) for c in prepared.cutouts})
+            where = f"; written to {written[0]} (marked partial), continue with --resume" if written else ""
+            print(f"partial: {finished} of {len(prepared.cutouts)} cutouts done{where}.", file=sys.stderr)
+        if error is not None:
+            raise error
+        return status or 0
+    finally:
+        if outputs is not None:
+            outputs.release()
