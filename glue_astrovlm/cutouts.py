@@ -21,6 +21,7 @@ import numpy as np
 from .cubes import as_2d_source
 from .cutout_types import Cutout, Provenance
 from .errors import AstroVLMError
+from .limits import check_memory
 from .sources import ImageSource, rgb_composite
 from .stretch import DEFAULT_STRETCH, Stretch
 
@@ -138,6 +139,8 @@ def _extract(source: ImageSource, x: float, y: float, ny: int, nx: int):
     from astropy.nddata import Cutout2D
     from astropy.nddata.utils import NoOverlapError
 
+    check_memory((ny, nx), bands=3 if source.is_rgb else 1, copies=6, what=f"A {nx} x {ny} pixel cutout",
+                 shrink="give a smaller --size or region, or cut from a coarser (binned) image")
     # Cutout2D computes the geometry and the cutout WCS on a zero-byte stand-in of the parent's
     # shape; the pixels are then read from the source itself, only inside the overlap.
     stand_in = np.broadcast_to(np.float32(0), source.image_shape)
@@ -322,6 +325,7 @@ def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: flo
         if not isinstance(region, PixelRegion):
             raise AstroVLMError(f"{name} is not a pixel or sky region.")
         try:
+            check_memory(region.bounding_box.shape, copies=4, what=name, shrink="draw a smaller region")
             region_mask = region.to_mask(mode="center")
             box = region.bounding_box
         except (NotImplementedError, ValueError):
@@ -629,6 +633,9 @@ def whole_image(source, *, max_size: int = 2048, stretch: Stretch = DEFAULT_STRE
     source = as_2d_source(source, cube)
     ny, nx = source.image_shape
     factor = max(1, -(-max(ny, nx) // int(max_size)))
+    check_memory((ny if factor == 1 else min(ny, factor), nx), bands=3 if source.is_rgb else 1, copies=6,
+                 what=f"The whole image {source.label} ({nx} x {ny} pixels)",
+                 shrink="send cutouts or regions of it instead, or a coarser (binned) image")
     wcs = source.celestial_wcs
     if factor == 1:
         data = source.read()
