@@ -124,7 +124,8 @@ def _channel_range(spectral_range, spec_wcs, nchan: int) -> tuple[int, int, bool
     start, stop = int(start), int(stop)
     if stop < start:
         raise AstroVLMError(f"spectral_range ({start}, {stop}) is reversed: stop must be larger than start "
-                            f"(stop is exclusive), e.g. ({stop}, {start}); valid channels are 0..{nchan - 1}.")
+                            f"(stop is exclusive), e.g. ({stop}, {start}); valid channels are "
+                            f"0..{nchan - 1}.")
     if stop == start:
         raise AstroVLMError(f"spectral_range ({start}, {stop}) is empty: stop is exclusive, so ({start}, "
                             f"{start + 1}) is channel {start} alone; valid channels are 0..{nchan - 1}.")

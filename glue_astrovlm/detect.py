@@ -121,7 +121,8 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
     ny, nx = source.image_shape
     factor = _block_factor(ny, nx, int(max_pixels))
     map_shape = (-(-ny // factor), -(-nx // factor))
-    check_memory(map_shape, bands=3 if source.is_rgb and factor == 1 else 1, copies=_BYTES_PER_PIXEL / 8,
+    read_bytes = 3 * 8 if source.is_rgb and factor == 1 else 0  # the three bands before they are summed
+    check_memory(map_shape, itemsize=1, copies=_BYTES_PER_PIXEL + read_bytes,
                  what=f"Source detection on a {map_shape[1]} x {map_shape[0]} pixel map of {source.label}",
                  shrink=f"pass a smaller max_pixels (now {max_pixels}), or detect on a region of the image")
     map_npixels, map_fwhm = int(npixels), float(fwhm)
@@ -131,8 +132,9 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
         image = block_average(source, factor)
         map_npixels = max(1, math.ceil(int(npixels) / factor ** 2))
         map_fwhm = max(1.0, float(fwhm) / factor)
-        log.info("%s has %d x %d pixels, more than max_pixels=%d: detecting on a %d x %d map averaged over "
-                 "%d x %d pixel blocks (npixels %d, fwhm %.3g on the map); positions are full-resolution pixels",
+        log.info("%s has %d x %d pixels, more than max_pixels=%d: detecting on a %d x %d map averaged "
+                 "over %d x %d pixel blocks (npixels %d, fwhm %.3g there); results are in full-resolution "
+                 "pixels",
                  source.label, nx, ny, max_pixels, map_shape[1], map_shape[0], factor, factor, map_npixels,
                  map_fwhm)
     if source.is_rgb:
@@ -169,7 +171,8 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
     if source.astropy_unit is not None:
         table["segment_flux"].unit = source.astropy_unit
     if source.celestial_wcs is not None:
-        sky = source.celestial_wcs.pixel_to_world(np.asarray(table["xcentroid"]), np.asarray(table["ycentroid"]))
+        sky = source.celestial_wcs.pixel_to_world(np.asarray(table["xcentroid"]),
+                                                  np.asarray(table["ycentroid"]))
         table.add_column(sky, name="sky_centroid", index=3)
         icrs = table["sky_centroid"].icrs
         table.add_column(icrs.ra.deg, name="ra", index=4)

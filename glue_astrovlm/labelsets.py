@@ -106,8 +106,8 @@ class LabelSet:
         for label in labels:
             other = folded.setdefault(label.casefold(), label)
             if other != label:
-                raise AstroVLMError(f"Labels {other!r} and {label!r} differ only in case; the model cannot tell "
-                                    "them apart. Rename or remove one.")
+                raise AstroVLMError(f"Labels {other!r} and {label!r} differ only in case; the model cannot "
+                                    "tell them apart. Rename or remove one.")
         descriptions = tuple(self.descriptions) or ("",) * len(labels)
         if len(descriptions) != len(labels):
             raise AstroVLMError(f"{len(labels)} labels but {len(descriptions)} descriptions.")
@@ -164,7 +164,8 @@ class LabelSet:
         where = f"Label file {origin}: " if origin else ""
         example = "[[labels]] name = \"...\" description = \"...\""
         if not isinstance(data, Mapping):
-            raise AstroVLMError(f"{where}expected a table with a `labels` list ({example}), got {_kind(data)}.")
+            raise AstroVLMError(f"{where}expected a table with a `labels` list ({example}), got "
+                                f"{_kind(data)}.")
         if "labels" not in data:
             raise AstroVLMError(f"{where}a label file needs a `labels` list: {example}. Its keys are "
                                 f"{', '.join(map(str, data)) or 'none'}.")
@@ -182,8 +183,8 @@ class LabelSet:
                 unknown = [key for key in entry if key not in _ENTRY_KEYS]
                 if unknown:
                     raise AstroVLMError(f"{where}label entry {number} has unknown key(s) "
-                                        f"{', '.join(map(repr, unknown))}; an entry has `name` and, optionally, "
-                                        "`description`.")
+                                        f"{', '.join(map(repr, unknown))}; an entry has `name` and, "
+                                        "optionally, `description`.")
                 if "name" not in entry:
                     raise AstroVLMError(f"{where}label entry {number} has no `name`; give each entry "
                                         f"name = \"...\" (description = \"...\" is optional).")
@@ -191,8 +192,8 @@ class LabelSet:
             else:
                 label, description = entry, ""
             if not isinstance(label, str):
-                raise AstroVLMError(f"{where}label {label!r} (entry {number}) is {_kind(label)}, not text; put it "
-                                    f"in quotes: \"{label}\".")
+                raise AstroVLMError(f"{where}label {label!r} (entry {number}) is {_kind(label)}, not text; "
+                                    f"put it in quotes: \"{label}\".")
             if description is not None and not isinstance(description, str):
                 raise AstroVLMError(f"{where}the description of label {label!r} (entry {number}) is "
                                     f"{_kind(description)}, not text; put it in quotes.")
@@ -223,7 +224,8 @@ class LabelSet:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            raise AstroVLMError(f"Could not read label file {path} ({error}); save it as UTF-8 text.") from None
+            raise AstroVLMError(f"Could not read label file {path} ({error}); save it as UTF-8 "
+                                "text.") from None
         yaml_file = path.suffix.lower() in {".yaml", ".yml"}
         try:
             if yaml_file:
@@ -233,8 +235,9 @@ class LabelSet:
             else:
                 data = tomllib.loads(text)
         except Exception as error:  # parse errors of either format
-            raise AstroVLMError(f"Could not parse label file {path}: {'YAML' if yaml_file else 'TOML'} syntax "
-                                f"error, {_parse_problem(error)}. Fix that line; the presets in `astrovlm "
+            syntax = "YAML" if yaml_file else "TOML"
+            raise AstroVLMError(f"Could not parse label file {path}: {syntax} syntax error, "
+                                f"{_parse_problem(error)}. Fix that line; the presets in `astrovlm "
                                 "presets` show the format.") from None
         return cls.from_mapping(data, name=path.stem, origin=str(path))
 

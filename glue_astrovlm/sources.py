@@ -348,11 +348,10 @@ class _DroppedAxes:
         return np.asarray(self[(slice(None),) * self.ndim], dtype=dtype)
 
 
-def _axis_names(wcs, ndim: int) -> str:
-    """``'STOKES=4, FREQ=53, ...'``-style names of numpy axes, from the WCS when it has them."""
-    ctypes = list(wcs.wcs.ctype) if wcs is not None and wcs.naxis == ndim else []
-    return ", ".join((ctypes[ndim - 1 - i].split("-")[0] or f"axis {i}") if ctypes else f"axis {i}"
-                     for i in range(ndim))
+def _axis_names(wcs, ndim: int) -> list[str]:
+    """Names of the numpy axes (``['STOKES', 'FREQ', 'DEC', 'RA']``) from the WCS, else ``'axis 0'``..."""
+    ctypes = list(wcs.wcs.ctype) if wcs is not None and wcs.naxis == ndim else [""] * ndim
+    return [ctypes[ndim - 1 - i].split("-")[0] or f"axis {i}" for i in range(ndim)]
 
 
 def _drop_degenerate_axes(data, wcs, label: str):
@@ -365,7 +364,7 @@ def _drop_degenerate_axes(data, wcs, label: str):
     ndim = len(shape)
     drop = [i for i in range(ndim - 2) if shape[i] == 1]
     if ndim - len(drop) > 3:
-        lengths = ", ".join(f"{name} {n}" for name, n in zip(_axis_names(wcs, ndim).split(", "), shape))
+        lengths = ", ".join(f"{name} {n}" for name, n in zip(_axis_names(wcs, ndim), shape))
         raise AstroVLMError(f"{label}: data of shape {shape} ({lengths}, numpy order) has more than 3 "
                             "non-degenerate axes; write out a 2-D image or a 3-D cube first, e.g. one "
                             "Stokes plane with data[0].")
@@ -457,7 +456,8 @@ def _open_picture(path: Path) -> ImageSource:
             width, height = picture.size
             check_memory((height, width), bands=3, itemsize=4, copies=3,
                          what=f"Decoding the {width} x {height} pixel picture {path}",
-                         shrink="convert it to FITS (read from disk only where cutouts need it) or scale it down")
+                         shrink="convert it to FITS (read from disk only where cutouts need it) or scale "
+                                "it down")
             if picture.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
                 pixels = np.asarray(picture, dtype=np.float32)
             else:
@@ -480,7 +480,7 @@ def _open_picture(path: Path) -> ImageSource:
 #: First bytes of the picture formats Pillow reads here (WebP also has "WEBP" at byte 8).
 _PICTURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a", b"BM",
                   b"RIFF")
-_FITS_MAGIC = b"SIMPLE  ="
+_FITS_MAGIC = b"SIMPLE"
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04")
 
 
@@ -493,7 +493,7 @@ def _file_kind(mode: int) -> str:
 
 
 def _check_regular_file(path: Path) -> bytes:
-    """Refuse what is not a readable, non-empty regular file, without reading it; return its first bytes."""
+    """Refuse, from ``stat`` alone, what is not a non-empty regular file; return a file's first bytes."""
     try:
         info = path.stat()  # follows symbolic links; never opens the file
     except FileNotFoundError:

@@ -102,21 +102,24 @@ BAD_FILES = [
     ("twice.toml", 'labels = ["FRI", "FRII", "FRI"]\n', r"Labels must be unique; repeated: FRI"),
     ("case.yaml", "labels:\n  - name: Spiral\n  - name: spiral\n",
      r"Labels 'Spiral' and 'spiral' differ only in case"),
-    ("ints.toml", "labels = [1, 2]\n", r"label 1 \(entry 1\) is an integer, not text; put it in quotes: \"1\""),
+    ("ints.toml", "labels = [1, 2]\n",
+     r"label 1 \(entry 1\) is an integer, not text; put it in quotes: \"1\""),
     ("yes.yaml", "labels: [yes, no]\n", r"label True \(entry 1\) is a boolean \(YAML reads yes/no"),
     ("float.yaml", "labels:\n  - name: 1.5\n  - name: b\n", r"label 1\.5 \(entry 1\) is a number"),
     ("desc.toml", '[[labels]]\nname = "a"\ndescription = 3\n[[labels]]\nname = "b"\n',
      r"the description of label 'a' \(entry 1\) is an integer, not text"),
     ("typo.toml", '[[labels]]\nname = "a"\ndescripton = "x"\n[[labels]]\nname = "b"\n',
      r"label entry 1 has unknown key\(s\) 'descripton'"),
-    ("nolabels.toml", 'name = "x"\nclasses = ["a", "b"]\n', r"needs a `labels` list.*Its keys are name, classes"),
+    ("nolabels.toml", 'name = "x"\nclasses = ["a", "b"]\n',
+     r"needs a `labels` list.*Its keys are name, classes"),
     ("list.yaml", "- a\n- b\n", r"expected a table with a `labels` list .* got a list"),
     ("blank.yaml", "", r"expected a table with a `labels` list .* got empty \(null\)"),
     ("question.toml", 'question = 7\nlabels = ["a", "b"]\n', r"question must be non-empty text, got 7"),
     ("syntax.toml", 'labels = ["a", "b"\nname = "x"\n',
      r"Could not parse label file .*syntax.toml: TOML syntax error, .*line 2.*Fix that line"),
     ("syntax.yaml", "labels:\n  - a\n  - b: [\n",
-     r"Could not parse label file .*syntax.yaml: YAML syntax error, .* at line \d+, column \d+\. Fix that line"),
+     r"Could not parse label file .*syntax.yaml: YAML syntax error, .* at line \d+, column \d+\. "
+     r"Fix that line"),
 ]
 
 

@@ -31,8 +31,9 @@ def budget_8gb(monkeypatch):
 
 def test_the_message_gives_the_amount_and_the_way_out(monkeypatch):
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "12")
-    with pytest.raises(AstroVLMError, match=r"^A big map needs 80\.0 GB of memory, more than the 12\.0 GB this "
-                                            r"machine can spare \(ASTROVLM_MEMORY_LIMIT_GB=12\); ask for less\.$"):
+    with pytest.raises(AstroVLMError, match=r"^A big map needs 80\.0 GB of memory, more than the 12\.0 GB "
+                                            r"this machine can spare \(ASTROVLM_MEMORY_LIMIT_GB=12\); ask "
+                                            r"for less\.$"):
         check_memory((100_000, 100_000), itemsize=8, what="A big map", shrink="ask for less")
     assert check_memory((1000, 1000), bands=3, itemsize=4, copies=2) == 24_000_000
 
@@ -40,7 +41,7 @@ def test_the_message_gives_the_amount_and_the_way_out(monkeypatch):
 @pytest.mark.parametrize("value", ["lots", "0", "-3", "nan", "inf"])
 def test_a_bad_memory_limit_variable_is_named(monkeypatch, value):
     monkeypatch.setenv(MEMORY_LIMIT_ENV, value)
-    with pytest.raises(AstroVLMError, match="ASTROVLM_MEMORY_LIMIT_GB must be a positive number of gigabytes"):
+    with pytest.raises(AstroVLMError, match="ASTROVLM_MEMORY_LIMIT_GB must be a positive number of "):
         memory_budget()
 
 
@@ -70,8 +71,8 @@ def test_a_100000_pixel_cutout_is_refused_before_allocating(huge, budget_8gb):
 
 def test_a_region_a_million_pixels_wide_is_refused(huge, budget_8gb):
     region = CirclePixelRegion(PixCoord(50_000, 50_000), radius=1e6)
-    with pytest.raises(AstroVLMError, match=r"Region 0 \(CirclePixelRegion\) needs .* TB of memory, more than "
-                                            r"the 8\.0 GB .*; draw a smaller region"):
+    with pytest.raises(AstroVLMError, match=r"Region 0 \(CirclePixelRegion\) needs .* TB of memory, more "
+                                            r"than the 8\.0 GB .*; draw a smaller region"):
         cutouts_from_regions(huge, [region])
 
 

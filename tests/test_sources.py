@@ -15,7 +15,8 @@ from astropy.nddata import CCDData
 from PIL import Image
 
 from glue_astrovlm.errors import AstroVLMError
-from glue_astrovlm.sources import ImageSource, as_image_source, from_array, from_nddata, open_image
+from glue_astrovlm.sources import (ImageSource, as_image_source, block_average, from_array, from_nddata,
+                                   open_image)
 
 
 def _is_memory_mapped(array) -> bool:
@@ -216,7 +217,8 @@ def test_from_array_and_dispatch(fits_dir):
 
 # ---------------------------------------------------------------- bad inputs (issue 9)
 @pytest.mark.parametrize("array, message", [
-    (np.array([[1, None], [2, 3]], dtype=object), r"Python objects \(dtype=object\).*np\.asarray\(a, dtype=float\)"),
+    (np.array([[1, None], [2, 3]], dtype=object),
+     r"Python objects \(dtype=object\).*np\.asarray\(a, dtype=float\)"),
     (np.ones((4, 4)) * (1 + 2j), r"complex values; pass np\.abs\(a\) .* or a\.real"),
     (np.ones((4, 4), dtype=bool), r"booleans \(a mask\?\).*a\.astype\(np\.float32\)"),
     (np.array([["1", "2"], ["3", "4"]]), r"text, not pixel values.*a\.astype\(float\)"),
@@ -256,7 +258,7 @@ def test_nan_only_data_keeps_its_clear_error():
 
 
 def _open_in_thread(path, seconds: float = 5.0):
-    """open_image(path) in a thread, so that a read that blocks (a FIFO) fails the test instead of hanging it."""
+    """open_image(path) in a thread, so that a read that blocks (a FIFO) fails the test, not hangs it."""
     outcome = {}
 
     def run():
@@ -293,7 +295,7 @@ def test_what_is_not_a_regular_file_is_refused_without_reading(tmp_path, kind):
 @pytest.mark.parametrize("name", ["empty.fits", "empty.png", "empty"])
 def test_an_empty_file_says_it_is_empty(tmp_path, name):
     (tmp_path / name).write_bytes(b"")
-    with pytest.raises(AstroVLMError, match=r"is empty \(0 bytes\); the download or copy that made it failed"):
+    with pytest.raises(AstroVLMError, match=r"is empty \(0 bytes\); the download or copy .* failed"):
         open_image(tmp_path / name)
 
 
@@ -326,8 +328,8 @@ def test_pictures_that_are_not_pictures(tmp_path, shared_data, fits_dir):
     assert "Could not read" in _one_clear_line(half)
     page_as_fits = tmp_path / "galaxy.fits"
     page_as_fits.write_bytes(page.read_bytes())
-    assert re.search(r"galaxy.fits as FITS or as a PNG/JPEG picture: it starts with b'<!DOCTYPE ht'.*error page",
-                     _one_clear_line(page_as_fits))
+    assert re.search(r"galaxy.fits as FITS or as a PNG/JPEG picture: it starts with b'<!DOCTYPE ht'.*"
+                     r"error page", _one_clear_line(page_as_fits))
 
 
 def test_content_decides_between_fits_and_picture(tmp_path, shared_data, fits_dir, caplog):
@@ -341,3 +343,31 @@ def test_content_decides_between_fits_and_picture(tmp_path, shared_data, fits_di
     png_named_fits = tmp_path / "first.fits"
     png_named_fits.write_bytes(png.read_bytes())
     np.testing.assert_array_equal(open_image(png_named_fits).read(), open_image(png).read())
+
+
+@pytest.mark.parametrize("tile_pixels", [4_000_000, 1000], ids=["one-tile", "many-tiles"])
+def test_block_average_ignores_nan_and_handles_partial_edge_blocks(horsehead_raw, monkeypatch, tile_pixels):
+    import glue_astrovlm.sources as sources
+
+    monkeypatch.setattr(sources, "_BLOCK_TILE_PIXELS", tile_pixels)  # 1000: tiles of 1 x 62 blocks
+    raw, _ = horsehead_raw
+    data = raw.astype(np.float32)
+    data[:7, :5] = np.nan  # one block entirely blank, one partly
+    ny, nx = data.shape  # 893 x 891: the last row and column of blocks are partial
+    padded = np.full((-(-ny // 4) * 4, -(-nx // 4) * 4), np.nan, dtype=np.float32)
+    padded[:ny, :nx] = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN block
+        expected = np.nanmean(padded.reshape(padded.shape[0] // 4, 4, padded.shape[1] // 4, 4), axis=(1, 3))
+    binned = block_average(from_array(data), 4)
+    assert binned.shape == (224, 223) and binned.dtype == np.float32
+    np.testing.assert_allclose(binned, expected, rtol=1e-6)
+    assert np.isnan(binned[0, 0]) and np.isfinite(binned[1, 1])
+
+
+def test_block_average_of_a_colour_picture_averages_each_band(shared_data):
+    picture = open_image(next((shared_data / "gz2_spiral" / "spirals").glob("*.jpg")))
+    binned = block_average(picture, 5)
+    assert picture.is_rgb and binned.shape == (3, 85, 85)
+    for band in range(3):
+        np.testing.assert_array_equal(binned[band], block_average(from_array(picture.data[band]), 5))

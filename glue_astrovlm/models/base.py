@@ -31,7 +31,8 @@ def _checked_text(value, what: str, example: str) -> str:
     if value is None:
         raise AstroVLMError(f"The {what} is missing (None); {example}")
     if not isinstance(value, str):
-        raise AstroVLMError(f"The {what} must be text (a str), got {type(value).__name__} {value!r}; {example}")
+        raise AstroVLMError(f"The {what} must be text (a str), got {type(value).__name__} {value!r}; "
+                            f"{example}")
     if not value.strip():
         raise AstroVLMError(f"The {what} is empty; {example}")
     return value.strip()

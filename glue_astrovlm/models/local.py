@@ -191,8 +191,9 @@ class LocalVLM(VLM):
         for what, text, fix in texts:
             for token in tokens:
                 if token in text:
-                    raise AstroVLMError(f"{what} contains {token!r}, a control token of {self.name} that marks "
-                                        f"the chat or image structure; the model would not read it as text. {fix}")
+                    raise AstroVLMError(f"{what} contains {token!r}, a control token of {self.name} that "
+                                        "marks the chat or image structure; the model would not read it as "
+                                        f"text. {fix}")
 
     def _conversation(self, prompt: str, answer: str | None = None) -> list[dict]:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]

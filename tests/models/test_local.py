@@ -320,9 +320,11 @@ def test_control_tokens_are_the_tokenizers_special_and_added_tokens(tiny_smolvlm
 
 
 @pytest.mark.parametrize("token", CONTROL_TOKENS)
-def test_a_control_token_in_a_label_is_refused_before_any_model_work(tiny_smolvlm, images, forward_calls, token):
-    with pytest.raises(AstroVLMError, match=rf"The label '{re.escape(token)}' contains '{re.escape(token)}', a "
-                                            r"control token of .*Rename the label"):
+def test_a_control_token_in_a_label_is_refused_before_any_model_work(tiny_smolvlm, images, forward_calls,
+                                                                     token):
+    quoted = re.escape(token)
+    with pytest.raises(AstroVLMError, match=rf"The label '{quoted}' contains '{quoted}', a control token of "
+                                            r".*Rename the label"):
         tiny_smolvlm.classify(images[0], ["FRI", token])
     with pytest.raises(AstroVLMError, match=rf"The label 'FRII {re.escape(token)}' contains"):
         tiny_smolvlm.classify(images[0], ["FRI", f"FRII {token}"])
@@ -330,14 +332,16 @@ def test_a_control_token_in_a_label_is_refused_before_any_model_work(tiny_smolvl
 
 
 @pytest.mark.parametrize("token", ["<image>", "<end_of_utterance>", "<|im_start|>"])
-def test_a_control_token_in_a_question_or_description_is_refused(tiny_smolvlm, images, forward_calls, token):
-    with pytest.raises(AstroVLMError, match=rf"The description of label 'FRII' contains '{re.escape(token)}'"):
+def test_a_control_token_in_a_question_or_description_is_refused(tiny_smolvlm, images, forward_calls,
+                                                                  token):
+    quoted = re.escape(token)
+    with pytest.raises(AstroVLMError, match=rf"The description of label 'FRII' contains '{quoted}'"):
         tiny_smolvlm.classify(images[0], {"FRI": "core-brightened", "FRII": f"lobes {token}"})
-    with pytest.raises(AstroVLMError, match=rf"The question contains '{re.escape(token)}'.*sent separately"):
+    with pytest.raises(AstroVLMError, match=rf"The question contains '{quoted}'.*sent separately"):
         tiny_smolvlm.classify(images[0], ["FRI", "FRII"], question=f"Which class is {token}?")
-    with pytest.raises(AstroVLMError, match=rf"The question contains '{re.escape(token)}'"):
+    with pytest.raises(AstroVLMError, match=rf"The question contains '{quoted}'"):
         tiny_smolvlm.ask(images[0], f"What is in {token}?", max_new_tokens=2)
-    with pytest.raises(AstroVLMError, match=rf"The describe prompt contains '{re.escape(token)}'"):
+    with pytest.raises(AstroVLMError, match=rf"The describe prompt contains '{quoted}'"):
         tiny_smolvlm.describe(images[0], prompt=f"Describe {token}", max_new_tokens=2)
     assert forward_calls == []
 
@@ -375,5 +379,6 @@ def test_describe_refuses_a_prompt_that_is_not_text(tiny_smolvlm, images, forwar
         with pytest.raises(AstroVLMError, match=message):
             tiny_smolvlm.describe(images[0], prompt=prompt, max_new_tokens=2)
     assert forward_calls == []
-    assert tiny_smolvlm.ask(images[0], np.str_("Is there a jet?"), max_new_tokens=np.int64(2))[0].task == "ask"
+    answer = tiny_smolvlm.ask(images[0], np.str_("Is there a jet?"), max_new_tokens=np.int64(2))
+    assert answer[0].task == "ask"
     assert forward_calls  # the hook sees the model's work when there is some
