@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from fractions import Fraction
 from typing import Sequence
 
 from .errors import AstroVLMError
@@ -114,6 +115,8 @@ def memory_budget() -> tuple[int | None, str]:
 
 
 def _amount(nbytes: float) -> str:
+    if nbytes >= 10 ** 18:  # absurd requests (a size of 1e300 pixels) must not overflow the message
+        return f"more than {10 ** 6} TB"
     if nbytes >= 1e12:
         return f"{nbytes / 1e12:.1f} TB"
     if nbytes >= 1e8:
@@ -154,7 +157,8 @@ def check_memory(shape: Sequence[int], *, bands: int = 1, itemsize: int = 8, cop
     pixels = 1
     for n in shape:
         pixels *= max(0, int(n))
-    need = int(pixels * max(1, int(bands)) * int(itemsize) * float(copies))
+    # exact integer arithmetic: a float would overflow for absurd shapes before the comparison
+    need = int(pixels * max(1, int(bands)) * int(itemsize) * Fraction(copies))
     budget, origin = memory_budget()
     if budget is not None and need > budget:
         raise AstroVLMError(f"{what} needs {_amount(need)} of memory, more than the {_amount(budget)} this "

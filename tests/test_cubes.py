@@ -307,3 +307,22 @@ def test_collapsing_a_cube_too_large_for_memory_is_refused(cube, monkeypatch):
                                             r"to a smaller region first"):
         reduce_cube(cube, mode="moment0")
     assert reduce_cube(cube, mode="slice", index=3).shape == (105, 105)  # one plane, two copies: 176 kB
+
+
+def test_scaled_integer_stokes_cube_is_read_lazily(l1448, tmp_path):
+    """BSCALE/BZERO data are read through a FITS section, here behind the dropped Stokes axis."""
+    from glue_astrovlm.cutouts import whole_image
+
+    data, header = l1448
+    scaled = _insert_length1_axis(header, 3, "STOKES")
+    hdu = fits.PrimaryHDU(np.round(np.nan_to_num(data[:, None]) * 1000).astype(np.int16), header=scaled)
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 0.001, 0.0
+    hdu.writeto(tmp_path / "l1448_int16.fits")
+    cube = open_image(tmp_path / "l1448_int16.fits")
+    assert cube.is_cube and cube.shape == (53, 105, 105) and not isinstance(cube.data, np.ndarray)
+    expected = np.round(np.nan_to_num(data[30]) * 1000) * 0.001
+    np.testing.assert_allclose(cube.read(np.s_[30]), expected, atol=1e-6)
+    np.testing.assert_allclose(cube.read((Ellipsis, slice(0, 5), slice(0, 5)))[30], expected[:5, :5], atol=1e-6)
+    image = reduce_cube(cube, mode="slice", index=30)
+    np.testing.assert_allclose(image.read(), expected, atol=1e-6)
+    assert whole_image(image).shape == (105, 105)

@@ -36,6 +36,9 @@ def test_the_message_gives_the_amount_and_the_way_out(monkeypatch):
                                             r"for less\.$"):
         check_memory((100_000, 100_000), itemsize=8, what="A big map", shrink="ask for less")
     assert check_memory((1000, 1000), bands=3, itemsize=4, copies=2) == 24_000_000
+    assert check_memory((1000, 1000), copies=2.5) == 20_000_000
+    with pytest.raises(AstroVLMError, match=r"needs more than 1000000 TB of memory"):
+        check_memory((10 ** 300, 10 ** 300), copies=1.5)
 
 
 @pytest.mark.parametrize("value", ["lots", "0", "-3", "nan", "inf"])
