@@ -1,20 +1,29 @@
 """Spectral cubes to images: one channel, a sum or mean over channels, or a moment-0 map.
 
 A cube is an `~glue_astrovlm.sources.ImageSource` whose data are ``(nspec, ny, nx)`` in numpy order
-(a FITS cube with ``CTYPE3 = 'VOPT'``, for example). The reduced image keeps the cube's celestial WCS
+(a FITS cube with ``CTYPE3 = 'VOPT'``, for example; radio cubes with a length-1 Stokes axis are read
+as such cubes by `~glue_astrovlm.sources.open_image`). The reduced image keeps the cube's celestial WCS
 and carries a short description (``'moment0 3:9 (-1.2..3.4 km/s)'``) into every cutout's provenance.
+
+A cube without a spectral axis in its WCS (no ``CTYPE3``, or a plain array) is still reduced by
+channel number: its channel axis is the one that is not celestial, numpy axis 0 when nothing says
+otherwise. Spectral values (``-1.5 km/s``) and moment-0 maps need a spectral WCS.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from .errors import AstroVLMError
+from .limits import check_memory
 from .sources import ImageSource, as_image_source, usable_celestial_wcs
 
 __all__ = ["reduce_cube", "as_2d_source", "CUBE_MODES"]
+
+log = logging.getLogger(__name__)
 
 #: The ways a cube becomes an image.
 CUBE_MODES = ("slice", "sum", "mean", "moment0")
@@ -25,13 +34,15 @@ def _spectral_axis(source: ImageSource, spectral_axis: int | None) -> tuple[int,
     wcs = source.wcs
     wcs_spec = wcs.wcs.spec if wcs is not None and wcs.naxis == 3 else -1
     if spectral_axis is None:
-        if wcs_spec < 0:
-            ctypes = list(wcs.wcs.ctype) if wcs is not None else "none (no WCS)"
-            raise AstroVLMError(
-                f"Wrong cube axes: no spectral axis found in the WCS of {source.label} (axis types "
-                f"{ctypes}). Pass spectral_axis=<numpy axis 0, 1 or 2> to say which axis is spectral.")
-        return 2 - wcs_spec, wcs.sub([wcs_spec + 1])
-    if spectral_axis not in (0, 1, 2, -1, -2, -3):
+        if wcs_spec >= 0:
+            return 2 - wcs_spec, wcs.sub([wcs_spec + 1])
+        axis = 0
+        if wcs is not None and wcs.naxis == 3 and wcs.wcs.lng >= 0 and wcs.wcs.lat >= 0:
+            axis = 2 - ({0, 1, 2} - {wcs.wcs.lng, wcs.wcs.lat}).pop()  # the one axis not on the sky
+        log.info("%s has no spectral axis in its WCS; using numpy axis %d (%d channels) as the channel axis",
+                 source.label, axis, source.shape[axis])
+        return axis, None
+    if isinstance(spectral_axis, bool) or spectral_axis not in (0, 1, 2, -1, -2, -3):
         raise AstroVLMError(f"spectral_axis must be a numpy axis 0, 1 or 2 of the cube, "
                             f"got {spectral_axis!r}.")
     axis = spectral_axis % 3
@@ -69,7 +80,11 @@ def _channel_of(value, spec_wcs, nchan: int, what: str) -> float:
     except u.UnitConversionError:
         raise AstroVLMError(f"{what} {value} cannot be converted to the cube's spectral unit "
                             f"{_unit_text(wcs_unit)}; give it in {_unit_text(wcs_unit)}.") from None
-    return float(spec_wcs.wcs_world2pix([[native]], 0)[0, 0])
+    pixel = float(spec_wcs.wcs_world2pix([[native]], 0)[0, 0])
+    if not np.isfinite(pixel):
+        raise AstroVLMError(f"{what} {value} does not fall on the cube's spectral axis, which covers "
+                            f"{_coverage(spec_wcs, nchan)}.")
+    return pixel
 
 
 def _coverage(spec_wcs, nchan: int) -> str:
@@ -88,7 +103,8 @@ def _channel_range(spectral_range, spec_wcs, nchan: int) -> tuple[int, int, bool
         return 0, nchan, False
     if isinstance(spectral_range, u.Quantity):
         spectral_range = list(spectral_range.flatten())
-    if len(spectral_range) != 2:
+    if isinstance(spectral_range, (str, bytes)) or not hasattr(spectral_range, "__len__") \
+            or len(spectral_range) != 2:
         raise AstroVLMError(f"spectral_range must be two values (start, stop), got {spectral_range!r}.")
     start, stop = spectral_range
     if isinstance(start, u.Quantity) or isinstance(stop, u.Quantity):
@@ -102,16 +118,20 @@ def _channel_range(spectral_range, spec_wcs, nchan: int) -> tuple[int, int, bool
             raise AstroVLMError(f"spectral_range {start}..{stop} holds no channel of the cube, which covers "
                                 f"{_coverage(spec_wcs, nchan)}.")
         return lo, hi, True
-    if not all(isinstance(v, (int, np.integer)) for v in (start, stop)):
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, stop)):
         raise AstroVLMError(f"spectral_range channels must be integers (start, stop), got "
                             f"{spectral_range!r}; or give Quantities such as (-1, 3) * u.km / u.s.")
     start, stop = int(start), int(stop)
+    if stop < start:
+        raise AstroVLMError(f"spectral_range ({start}, {stop}) is reversed: stop must be larger than start "
+                            f"(stop is exclusive), e.g. ({stop}, {start}); valid channels are "
+                            f"0..{nchan - 1}.")
+    if stop == start:
+        raise AstroVLMError(f"spectral_range ({start}, {stop}) is empty: stop is exclusive, so ({start}, "
+                            f"{start + 1}) is channel {start} alone; valid channels are 0..{nchan - 1}.")
     if not 0 <= start < nchan or not 0 < stop <= nchan:
         raise AstroVLMError(f"spectral_range ({start}, {stop}) is outside the cube: valid channels are "
                             f"0..{nchan - 1} (stop is exclusive, at most {nchan}).")
-    if stop <= start:
-        raise AstroVLMError(f"spectral_range ({start}, {stop}) is empty; stop must be larger than start "
-                            "(stop is exclusive).")
     return start, stop, False
 
 
@@ -141,7 +161,9 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
         or two spectral Quantities, e.g. ``(-1, 3) * u.km / u.s``, selecting the channels whose centres
         lie between them. All channels by default.
     spectral_axis : int, optional
-        Numpy axis (0, 1 or 2) of the spectral coordinate when the WCS does not say.
+        Numpy axis (0, 1 or 2) of the spectral coordinate when the WCS does not say. Without it, a
+        cube whose WCS has no spectral axis uses the axis that is not celestial (numpy axis 0 when
+        there is no celestial WCS either), by channel number only.
 
     Returns
     -------
@@ -152,8 +174,9 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
     Raises
     ------
     AstroVLMError
-        For a 2-D input, an unknown mode, an index or range outside the cube, an empty range, or a
-        cube without a spectral axis in its WCS (pass ``spectral_axis=``).
+        For a 2-D input, an unknown mode, an index or range outside the cube (the message lists the
+        channels, ``0..N-1``), an empty or reversed range, spectral values or ``moment0`` on a cube
+        without a spectral WCS, or planes too large for the memory this machine can spare.
     """
     import astropy.units as u
 
@@ -167,9 +190,15 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
         raise AstroVLMError(f"Unknown cube mode {mode!r}; use one of {', '.join(CUBE_MODES)}.")
     axis, spec_wcs = _spectral_axis(source, spectral_axis)
     nchan = source.shape[axis]
+    plane = tuple(n for i, n in enumerate(source.shape) if i != axis)
+    check_memory(plane, copies=2 if mode == "slice" else 5,
+                 what=f"A {mode} of the {plane[1]} x {plane[0]} pixel planes of {source.label}",
+                 shrink="cut the cube to a smaller region first (e.g. with spectral-cube's subcube)")
     wcs_2d = None
     if source.wcs is not None and source.wcs.naxis == 3:
         wcs_2d = usable_celestial_wcs(source.wcs.dropaxis(2 - axis))
+    elif axis == 0:
+        wcs_2d = source.celestial_wcs
 
     if mode == "slice":
         if spectral_range is not None:
@@ -183,7 +212,7 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
             if not 0 <= channel < nchan:
                 raise AstroVLMError(f"index {index} is outside the cube, which covers "
                                     f"{_coverage(spec_wcs, nchan)}.")
-        elif isinstance(index, (int, np.integer)):
+        elif isinstance(index, (int, np.integer)) and not isinstance(index, bool):
             channel = int(index)
             if not 0 <= channel < nchan:
                 raise AstroVLMError(f"Channel index {channel} is out of range: valid channels are "
@@ -214,8 +243,7 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
         data_unit = source.astropy_unit
         unit = None if data_unit is None else (data_unit * shown).to_string()
 
-    total = np.zeros(source.image_shape if axis == 0 else
-                     tuple(n for i, n in enumerate(source.shape) if i != axis), dtype=float)
+    total = np.zeros(plane, dtype=float)
     count = np.zeros(total.shape, dtype=np.int32)
     for weight, channel in zip(weights, range(lo, hi)):
         plane = source.read(_plane_key(axis, channel))

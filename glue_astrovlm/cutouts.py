@@ -23,6 +23,7 @@ from .cubes import as_2d_source
 from .cutout_types import OUTSIDE_MODES, Cutout, Provenance
 from .catalogs import read_table, row_ids, table_positions
 from .errors import AstroVLMError, no_wcs_error
+from .limits import check_memory
 from .sources import ImageSource, rgb_composite
 from .stretch import DEFAULT_STRETCH, Stretch
 
@@ -126,6 +127,8 @@ def _extract(source: ImageSource, x: float, y: float, ny: int, nx: int):
     from astropy.nddata import Cutout2D
     from astropy.nddata.utils import NoOverlapError
 
+    check_memory((ny, nx), bands=3 if source.is_rgb else 1, copies=6, what=f"A {nx} x {ny} pixel cutout",
+                 shrink="give a smaller --size or region, or cut from a coarser (binned) image")
     # Cutout2D computes the geometry and the cutout WCS on a zero-byte stand-in of the parent's
     # shape; the pixels are then read from the source itself, only inside the overlap.
     stand_in = np.broadcast_to(np.float32(0), source.image_shape)
@@ -296,6 +299,7 @@ def _region_cutout(source: ImageSource, index: int, region, outside: str, paddin
     ny_img, nx_img = source.image_shape
     try:
         box = region.bounding_box
+        check_memory(box.shape, copies=4, what=name, shrink="draw a smaller region")
         region_mask = region.to_mask(mode="center")
     except (NotImplementedError, ValueError, AttributeError):
         return _point_cutout(source, index, region, point_size, stretch)
@@ -618,6 +622,9 @@ def whole_image(source, *, max_size: int = 2048, stretch: Stretch = DEFAULT_STRE
     source = as_2d_source(source, cube)
     ny, nx = source.image_shape
     factor = max(1, -(-max(ny, nx) // int(max_size)))
+    check_memory((ny if factor == 1 else min(ny, factor), nx), bands=3 if source.is_rgb else 1, copies=6,
+                 what=f"The whole image {source.label} ({nx} x {ny} pixels)",
+                 shrink="send cutouts or regions of it instead, or a coarser (binned) image")
     wcs = source.celestial_wcs
     if factor == 1:
         data = source.read()

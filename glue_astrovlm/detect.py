@@ -1,8 +1,15 @@
-"""Find sources in an image with photutils image segmentation, to cut one cutout per source."""
+"""Find sources in an image with photutils image segmentation, to cut one cutout per source.
+
+Detection needs the whole image in memory several times over (background mesh, smoothing,
+segmentation: about 64 bytes per pixel). Images larger than ``max_pixels`` are therefore averaged
+over square pixel blocks first, read a tile at a time, and the sources found on that map are reported
+in full-resolution pixels; ``meta['downsample']`` records the block size.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 
 from typing import TYPE_CHECKING
@@ -11,14 +18,28 @@ import numpy as np
 
 from .errors import AstroVLMError
 from .cubes import as_2d_source
-from .sources import ImageSource
+from .limits import check_memory
+from .sources import ImageSource, block_average
 
 if TYPE_CHECKING:
     from astropy.table import Table
 
-__all__ = ["detect_sources"]
+__all__ = ["detect_sources", "DETECT_MAX_PIXELS"]
 
 log = logging.getLogger(__name__)
+
+#: Largest image (in pixels) detected on at full resolution; larger ones are block-averaged first.
+DETECT_MAX_PIXELS = 4096 * 4096
+#: Peak working memory of detection per pixel of the map detected on (float64 copies), measured.
+_BYTES_PER_PIXEL = 64
+
+
+def _block_factor(ny: int, nx: int, max_pixels: int) -> int:
+    """The smallest block size that brings a ``ny x nx`` image down to ``max_pixels`` or fewer."""
+    factor = max(1, math.ceil(math.sqrt(ny * nx / max_pixels)))
+    while -(-ny // factor) * -(-nx // factor) > max_pixels:
+        factor += 1
+    return factor
 
 
 def _background(image: np.ndarray, finite: np.ndarray):
@@ -41,14 +62,15 @@ def _background(image: np.ndarray, finite: np.ndarray):
 
 
 def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: float = 3.0,
-                   max_sources: int = 500, cube: dict | None = None) -> "Table":
+                   max_sources: int = 500, cube: dict | None = None,
+                   max_pixels: int = DETECT_MAX_PIXELS) -> "Table":
     """Detect sources by thresholding the smoothed, background-subtracted image.
 
     Parameters
     ----------
     source : ImageSource, path, NDData or array
         A 2-D image, or an RGB composite (sources are detected on the sum of its bands). A cube needs
-        ``cube=``. The image is loaded whole for detection.
+        ``cube=``. Up to ``max_pixels`` pixels, the image is loaded whole for detection.
     nsigma : float, optional
         Detection threshold in units of the background RMS.
     npixels : int, optional
@@ -59,6 +81,12 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
         Keep at most this many sources, the brightest first.
     cube : dict, optional
         For a cube: arguments of :func:`~glue_astrovlm.cubes.reduce_cube`.
+    max_pixels : int, optional
+        Larger images are averaged over ``f x f`` pixel blocks (NaN ignored; the smallest ``f`` that
+        fits) and detection runs on that map, with ``npixels / f**2`` connected blocks and a kernel of
+        ``fwhm / f`` blocks (at least 1). Positions, areas and fluxes are reported in full-resolution
+        pixels; faint compact sources may be missed, so detect on a region of the image for full
+        resolution. Default 4096 x 4096 (about 1 GB of working memory, seconds to a minute).
 
     Returns
     -------
@@ -66,13 +94,15 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
         Sorted by ``segment_flux``, brightest first, with columns ``id`` (segment label),
         ``xcentroid``, ``ycentroid`` (0-based pixels), ``sky_centroid``, ``ra``, ``dec`` (ICRS degrees;
         only with a celestial WCS), ``area`` (pixels) and ``segment_flux`` (background-subtracted,
-        in the image's unit). ``meta`` records the detection settings. Feed it to
+        in the image's unit). ``meta`` records the detection settings and ``downsample``, the block
+        size ``f`` of the map detected on (1: full resolution). Feed it to
         :func:`~glue_astrovlm.cutouts.cutouts_from_catalog`.
 
     Raises
     ------
     AstroVLMError
-        If the settings are invalid, the image holds no finite pixels, or nothing is detected.
+        If the settings are invalid, the image holds no finite pixels, nothing is detected, or the
+        map would need more memory than this machine can spare (the message says how much).
     """
     import astropy.units as u
     from astropy.convolution import convolve
@@ -84,8 +114,29 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
     if not nsigma > 0 or int(npixels) < 1 or not fwhm > 0 or int(max_sources) < 1:
         raise AstroVLMError(f"nsigma and fwhm must be positive and npixels, max_sources at least 1; got "
                             f"nsigma={nsigma}, npixels={npixels}, fwhm={fwhm}, max_sources={max_sources}.")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1024:
+        raise AstroVLMError(f"max_pixels must be a whole number of pixels, at least 1024 (32 x 32), got "
+                            f"{max_pixels!r}.")
     source: ImageSource = as_2d_source(source, cube)
-    image = source.read()
+    ny, nx = source.image_shape
+    factor = _block_factor(ny, nx, int(max_pixels))
+    map_shape = (-(-ny // factor), -(-nx // factor))
+    read_bytes = 3 * 8 if source.is_rgb and factor == 1 else 0  # the three bands before they are summed
+    check_memory(map_shape, itemsize=1, copies=_BYTES_PER_PIXEL + read_bytes,
+                 what=f"Source detection on a {map_shape[1]} x {map_shape[0]} pixel map of {source.label}",
+                 shrink=f"pass a smaller max_pixels (now {max_pixels}), or detect on a region of the image")
+    map_npixels, map_fwhm = int(npixels), float(fwhm)
+    if factor == 1:
+        image = source.read()
+    else:
+        image = block_average(source, factor)
+        map_npixels = max(1, math.ceil(int(npixels) / factor ** 2))
+        map_fwhm = max(1.0, float(fwhm) / factor)
+        log.info("%s has %d x %d pixels, more than max_pixels=%d: detecting on a %d x %d map averaged "
+                 "over %d x %d pixel blocks (npixels %d, fwhm %.3g there); results are in full-resolution "
+                 "pixels",
+                 source.label, nx, ny, max_pixels, map_shape[1], map_shape[0], factor, factor, map_npixels,
+                 map_fwhm)
     if source.is_rgb:
         image = np.sum(image, axis=0)  # NaN in any band makes the pixel NaN
     image = np.asarray(image, dtype=float)
@@ -97,27 +148,32 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
     if np.all(np.asarray(rms) <= 0):
         raise AstroVLMError(f"{source.label} has no background noise (constant image); nothing to detect.")
     subtracted = np.where(finite, image - background, 0.0)
-    size = 2 * int(np.ceil(2 * fwhm)) + 1
-    kernel = make_2dgaussian_kernel(fwhm, size=size)
+    size = 2 * int(np.ceil(2 * map_fwhm)) + 1
+    kernel = make_2dgaussian_kernel(map_fwhm, size=size)
     smoothed = convolve(subtracted, kernel, mask=~finite, normalize_kernel=True)
     threshold = nsigma * np.asarray(rms)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoDetectionsWarning)  # replaced by the error below
-        segments = segment(smoothed, threshold, int(npixels), mask=~finite)
+        segments = segment(smoothed, threshold, map_npixels, mask=~finite)
     if segments is None:
         raise AstroVLMError(f"No sources above {nsigma:g} sigma with at least {npixels} connected pixels in "
                             f"{source.label}; try a lower nsigma (e.g. 3) or npixels.")
-    catalog = SourceCatalog(subtracted, segments, convolved_data=smoothed, mask=~finite,
-                            wcs=source.celestial_wcs)
+    catalog = SourceCatalog(subtracted, segments, convolved_data=smoothed, mask=~finite)
     names = ["label", "x_centroid", "y_centroid", "area", "segment_flux"]
-    if source.celestial_wcs is not None:
-        names.insert(3, "sky_centroid")
     table = Table(catalog.to_table(columns=names))  # a plain Table, not photutils' QTable subclass
     # the names this project's catalogues use (photutils < 3 spelling), recognised by cutouts_from_catalog
     table.rename_columns(["label", "x_centroid", "y_centroid"], ["id", "xcentroid", "ycentroid"])
+    if factor > 1:  # block centres to full-resolution pixels; per-block means to per-pixel sums
+        for name in ("xcentroid", "ycentroid"):
+            table[name] = (np.asarray(table[name], dtype=float) + 0.5) * factor - 0.5
+        table["area"] = table["area"] * factor ** 2
+        table["segment_flux"] = table["segment_flux"] * factor ** 2
     if source.astropy_unit is not None:
         table["segment_flux"].unit = source.astropy_unit
-    if "sky_centroid" in table.colnames:
+    if source.celestial_wcs is not None:
+        sky = source.celestial_wcs.pixel_to_world(np.asarray(table["xcentroid"]),
+                                                  np.asarray(table["ycentroid"]))
+        table.add_column(sky, name="sky_centroid", index=3)
         icrs = table["sky_centroid"].icrs
         table.add_column(icrs.ra.deg, name="ra", index=4)
         table.add_column(icrs.dec.deg, name="dec", index=5)
@@ -128,5 +184,5 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
         table = table[: int(max_sources)]
     table.meta.update({"source": source.label, "hdu": source.hdu, "cube": source.cube, "nsigma": nsigma,
                        "npixels": int(npixels), "fwhm": fwhm, "background": method,
-                       "detected": int(segments.n_labels)})
+                       "detected": int(segments.n_labels), "downsample": factor})
     return table

@@ -8,22 +8,59 @@ line or as a TOML/YAML file of the same shape::
     [[labels]]
     name = "FRI"
     description = "Fanaroff-Riley type I: jets brightest near the core, fading outwards"
+
+``labels`` may also be a plain list of names (``labels = ["FRI", "FRII"]``) or a table of name to
+description. Labels are one line of text each, unique even ignoring case; mistakes in a file raise an
+`~glue_astrovlm.errors.AstroVLMError` that names the file and says what to change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import numbers
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import AstroVLMError
 
 __all__ = ["LabelSet", "list_presets", "load_preset", "resolve_labels", "classification_prompt"]
 
 DEFAULT_QUESTION = "Which of these classes best describes the object at the centre of this image?"
+
+#: Suffixes of label files.
+LABEL_FILE_SUFFIXES = (".toml", ".yaml", ".yml")
+#: Keys a ``[[labels]]`` entry may have.
+_ENTRY_KEYS = ("name", "description")
+
+
+def _kind(value: Any) -> str:
+    """'an integer', 'a boolean', ... for messages about values that should be text."""
+    if isinstance(value, bool):
+        return "a boolean (YAML reads yes/no/on/off as booleans)"
+    if isinstance(value, numbers.Integral):
+        return "an integer"
+    if isinstance(value, numbers.Real):
+        return "a number"
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _label_text(label: Any) -> str:
+    """A label as text: strings as they are, whole numbers (class ids in a table) as digits."""
+    if isinstance(label, str):
+        return label.strip()
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool):
+        return str(int(label))
+    raise AstroVLMError(f"Label {label!r} is {_kind(label)}, not text; give every label as a name, e.g. "
+                        f"\"{label}\".")
 
 
 @dataclass(frozen=True)
@@ -51,20 +88,37 @@ class LabelSet:
     title: str = ""
 
     def __post_init__(self):
-        labels = tuple(str(label).strip() for label in self.labels)
+        labels = tuple(_label_text(label) for label in self.labels)
         if len(labels) < 2:
             raise AstroVLMError(f"A label set needs at least two labels, got {list(labels)!r}. "
                                 "Pass --labels A B [...] or --preset NAME (see `astrovlm presets`).")
         if any(not label for label in labels):
             raise AstroVLMError("Labels must not be empty strings.")
+        broken = [label for label in labels if "\n" in label or "\r" in label]
+        if broken:
+            raise AstroVLMError(f"Label {broken[0]!r} spans several lines; a label is one line of text (put "
+                                "longer text in its description).")
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
-            raise AstroVLMError(f"Labels must be unique; repeated: {', '.join(duplicates)}.")
+            raise AstroVLMError(f"Labels must be unique; repeated: {', '.join(duplicates)}. Remove or rename "
+                                "the repeats.")
+        folded: dict[str, str] = {}
+        for label in labels:
+            other = folded.setdefault(label.casefold(), label)
+            if other != label:
+                raise AstroVLMError(f"Labels {other!r} and {label!r} differ only in case; the model cannot "
+                                    "tell them apart. Rename or remove one.")
         descriptions = tuple(self.descriptions) or ("",) * len(labels)
         if len(descriptions) != len(labels):
             raise AstroVLMError(f"{len(labels)} labels but {len(descriptions)} descriptions.")
+        for label, description in zip(labels, descriptions):
+            if description is not None and not isinstance(description, str):
+                raise AstroVLMError(f"The description of label {label!r} is {_kind(description)}, not text; "
+                                    "give it as one line of text in quotes.")
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise AstroVLMError(f"The question must be non-empty text, got {self.question!r}.")
         object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "descriptions", tuple(str(d).strip() for d in descriptions))
+        object.__setattr__(self, "descriptions", tuple((d or "").strip() for d in descriptions))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,40 +141,114 @@ class LabelSet:
                         self.question, self.name, self.title)
 
     @classmethod
-    def from_mapping(cls, data: Mapping, name: str = "custom") -> "LabelSet":
-        """Build from the TOML/YAML structure shown in the module docstring."""
-        try:
-            entries = data["labels"]
-        except (KeyError, TypeError):
-            raise AstroVLMError("A label file needs a `labels` list: [[labels]] name = ... description = ...")
+    def from_mapping(cls, data: Mapping, name: str = "custom", *, origin: str | None = None) -> "LabelSet":
+        """Build from the TOML/YAML structure shown in the module docstring.
+
+        Parameters
+        ----------
+        data : mapping
+            ``labels`` (a list of names, of ``{name, description}`` tables, or a table of name to
+            description) and optionally ``question``, ``name`` and ``title``.
+        name : str, optional
+            Name of the label set when ``data`` has none.
+        origin : str, optional
+            Where ``data`` came from (a file path), named in every error message.
+
+        Raises
+        ------
+        AstroVLMError
+            Naming ``origin`` and the entry at fault: no ``labels``, ``labels`` of the wrong type or
+            empty, an entry without ``name`` or with an unknown key, labels or descriptions that are
+            not text, and the label set's own rules (two or more labels, unique even ignoring case).
+        """
+        where = f"Label file {origin}: " if origin else ""
+        example = "[[labels]] name = \"...\" description = \"...\""
+        if not isinstance(data, Mapping):
+            raise AstroVLMError(f"{where}expected a table with a `labels` list ({example}), got "
+                                f"{_kind(data)}.")
+        if "labels" not in data:
+            raise AstroVLMError(f"{where}a label file needs a `labels` list: {example}. Its keys are "
+                                f"{', '.join(map(str, data)) or 'none'}.")
+        entries = data["labels"]
+        if isinstance(entries, Mapping):  # name = "description"
+            entries = [{"name": key, "description": value} for key, value in entries.items()]
+        if isinstance(entries, (str, bytes)) or not isinstance(entries, (list, tuple)):
+            raise AstroVLMError(f"{where}`labels` must be a list of names or of {example} tables, got "
+                                f"{_kind(entries)} ({entries!r}).")
+        if not entries:
+            raise AstroVLMError(f"{where}`labels` is empty; list at least two labels ({example}).")
         labels, descriptions = [], []
-        for entry in entries:
-            if isinstance(entry, str):
-                labels.append(entry)
-                descriptions.append("")
+        for number, entry in enumerate(entries, start=1):
+            if isinstance(entry, Mapping):
+                unknown = [key for key in entry if key not in _ENTRY_KEYS]
+                if unknown:
+                    raise AstroVLMError(f"{where}label entry {number} has unknown key(s) "
+                                        f"{', '.join(map(repr, unknown))}; an entry has `name` and, "
+                                        "optionally, `description`.")
+                if "name" not in entry:
+                    raise AstroVLMError(f"{where}label entry {number} has no `name`; give each entry "
+                                        f"name = \"...\" (description = \"...\" is optional).")
+                label, description = entry["name"], entry.get("description", "")
             else:
-                labels.append(entry["name"])
-                descriptions.append(entry.get("description", ""))
-        return cls(tuple(labels), tuple(descriptions), data.get("question", DEFAULT_QUESTION),
-                   data.get("name", name), data.get("title", ""))
+                label, description = entry, ""
+            if not isinstance(label, str):
+                raise AstroVLMError(f"{where}label {label!r} (entry {number}) is {_kind(label)}, not text; "
+                                    f"put it in quotes: \"{label}\".")
+            if description is not None and not isinstance(description, str):
+                raise AstroVLMError(f"{where}the description of label {label!r} (entry {number}) is "
+                                    f"{_kind(description)}, not text; put it in quotes.")
+            labels.append(label)
+            descriptions.append(description or "")
+        question = data.get("question", DEFAULT_QUESTION)
+        try:
+            return cls(tuple(labels), tuple(descriptions), question, str(data.get("name", name)),
+                       str(data.get("title", "")))
+        except AstroVLMError as error:
+            if not where:
+                raise
+            raise AstroVLMError(f"{where}{error}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "LabelSet":
-        """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) label file."""
+        """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) label file.
+
+        Raises
+        ------
+        AstroVLMError
+            If the file is missing or unreadable, has a syntax error (the message gives the line), or
+            breaks a rule of :meth:`from_mapping`.
+        """
         path = Path(path)
         if not path.is_file():
             raise AstroVLMError(f"Label file {path} does not exist.")
-        text = path.read_text(encoding="utf-8")
         try:
-            if path.suffix.lower() in {".yaml", ".yml"}:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise AstroVLMError(f"Could not read label file {path} ({error}); save it as UTF-8 "
+                                "text.") from None
+        yaml_file = path.suffix.lower() in {".yaml", ".yml"}
+        try:
+            if yaml_file:
                 import yaml
 
                 data = yaml.safe_load(text)
             else:
                 data = tomllib.loads(text)
         except Exception as error:  # parse errors of either format
-            raise AstroVLMError(f"Could not parse label file {path}: {error}") from error
-        return cls.from_mapping(data, name=path.stem)
+            syntax = "YAML" if yaml_file else "TOML"
+            raise AstroVLMError(f"Could not parse label file {path}: {syntax} syntax error, "
+                                f"{_parse_problem(error)}. Fix that line; the presets in `astrovlm "
+                                "presets` show the format.") from None
+        return cls.from_mapping(data, name=path.stem, origin=str(path))
+
+
+def _parse_problem(error: Exception) -> str:
+    """One line saying what the TOML or YAML parser found, and where."""
+    mark = getattr(error, "problem_mark", None)  # PyYAML
+    if mark is not None:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def classification_prompt(question: str, labels: Iterable[str], descriptions: Iterable[str]) -> str:
@@ -166,6 +294,12 @@ def resolve_labels(labels=None, preset: str | None = None, question: str | None 
         Name of a shipped preset; exclusive with ``labels``.
     question : str, optional
         Replaces the question of the label set.
+
+    Raises
+    ------
+    AstroVLMError
+        Both or neither of ``labels`` and ``preset``, an unknown preset, or labels that break the
+        rules of `LabelSet` (the message names the label file when there is one).
     """
     if (labels is None) == (preset is None):
         raise AstroVLMError("Give either labels or a preset (not both, not neither); "
@@ -174,14 +308,18 @@ def resolve_labels(labels=None, preset: str | None = None, question: str | None 
         result = load_preset(preset)
     elif isinstance(labels, LabelSet):
         result = labels
-    elif isinstance(labels, (str, Path)) and Path(labels).suffix.lower() in {".toml", ".yaml", ".yml"}:
+    elif isinstance(labels, (str, Path)) and Path(labels).suffix.lower() in LABEL_FILE_SUFFIXES:
         result = LabelSet.from_file(labels)
-    elif isinstance(labels, str):
-        raise AstroVLMError(f"Labels must be a list of at least two names or a label file, got {labels!r}.")
+    elif isinstance(labels, (str, Path)):
+        raise AstroVLMError(f"Labels must be a list of at least two names or a label file "
+                            f"({', '.join(LABEL_FILE_SUFFIXES)}), got {str(labels)!r}.")
     elif isinstance(labels, Mapping):
         result = LabelSet(tuple(labels), tuple(v or "" for v in labels.values()))
-    else:
+    elif isinstance(labels, Iterable):
         result = LabelSet(tuple(labels))
+    else:
+        raise AstroVLMError(f"Labels must be a list of at least two names, a dict of name to description or "
+                            f"a label file, got {labels!r}.")
     if question:
         result = LabelSet(result.labels, result.descriptions, question, result.name, result.title)
     return result

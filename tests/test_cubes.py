@@ -125,7 +125,7 @@ def test_errors_say_what_is_valid(cube, fits_dir):
         reduce_cube(fits_dir / "HorseHead.fits", mode="sum")
 
 
-def test_wrong_cube_axes_ask_for_spectral_axis(cube, raw):
+def test_cube_without_spectral_axis_in_its_wcs_is_reduced_by_channel(cube, raw):
     data, _ = raw
     no_spectral = WCS(naxis=3)
     no_spectral.wcs.ctype = ["RA---SFL", "DEC--SFL", "LINEAR"]
@@ -133,8 +133,9 @@ def test_wrong_cube_axes_ask_for_spectral_axis(cube, raw):
     no_spectral.wcs.crval = cube.wcs.wcs.crval
     no_spectral.wcs.crpix = cube.wcs.wcs.crpix
     for source in (from_array(data, wcs=no_spectral), from_array(data)):
-        with pytest.raises(AstroVLMError, match="Wrong cube axes.*spectral_axis="):
-            reduce_cube(source, mode="sum")
+        image = reduce_cube(source, mode="sum", spectral_range=(1, 4))
+        assert image.cube == "sum 1:4"
+        np.testing.assert_allclose(image.read(), data[1:4].sum(axis=0), rtol=1e-6)
     image = reduce_cube(from_array(data), mode="sum", spectral_axis=0, spectral_range=(3, 9))
     np.testing.assert_allclose(image.read(), data[3:9].sum(axis=0), rtol=1e-6)
     with pytest.raises(AstroVLMError, match="moment0 needs channel widths"):
@@ -154,3 +155,174 @@ def test_as_2d_source_requires_cube_argument_for_cubes(cube, fits_dir):
     assert as_2d_source(cube, cube=dict(mode="slice", index=3)).cube == "slice 3"
     with pytest.raises(AstroVLMError, match="not a cube"):
         as_2d_source(fits_dir / "HorseHead.fits", cube=dict(mode="sum"))
+
+
+# ---------------------------------------------------------------- cubes as astronomers have them (issue 9)
+@pytest.fixture(scope="module")
+def l1448(cube_path):
+    """The real cube's stored (float32) data and header."""
+    with fits.open(cube_path) as hdul:
+        return hdul[0].data.copy(), hdul[0].header.copy()
+
+
+def _insert_length1_axis(header, fits_axis: int, ctype: str):
+    """A copy of a 3-axis cube header with a length-1 axis inserted as FITS axis ``fits_axis`` (3 or 4)."""
+    out = header.copy()
+    out["NAXIS"] = out["WCSAXES"] = 4
+    keys = ("CTYPE", "CRVAL", "CDELT", "CRPIX", "CUNIT")
+    if fits_axis == 3:  # the spectral axis moves to 4, as in CASA images (RA, DEC, STOKES, FREQ)
+        for key in keys:
+            out[f"{key}4"] = header[f"{key}3"]
+    for key, value in zip(keys, (ctype, 1.0, 1.0, 1.0, "")):
+        out[f"{key}{fits_axis}"] = value
+    return out
+
+
+@pytest.fixture(scope="module", params=[4, 3], ids=["stokes-axis-4", "stokes-axis-3"])
+def stokes_cube(request, l1448, tmp_path_factory):
+    """The L1448 cube as a radio 4-D cube with a length-1 Stokes axis (NAXIS4 = 1, or NAXIS3 = 1)."""
+    data, header = l1448
+    fits_axis = request.param
+    four_d = data[None] if fits_axis == 4 else data[:, None]
+    path = tmp_path_factory.mktemp("stokes") / f"l1448_stokes{fits_axis}.fits"
+    fits.PrimaryHDU(four_d, header=_insert_length1_axis(header, fits_axis, "STOKES")).writeto(path)
+    assert fits.getheader(path)["NAXIS"] == 4
+    return open_image(path)
+
+
+def test_4d_cube_with_a_length1_stokes_axis_is_a_cube_with_both_wcs(stokes_cube, cube):
+    assert stokes_cube.is_cube and stokes_cube.shape == (53, 105, 105)
+    assert list(stokes_cube.wcs.wcs.ctype) == ["RA---SFL", "DEC--SFL", "VOPT"]
+    assert list(stokes_cube.celestial_wcs.wcs.ctype) == ["RA---SFL", "DEC--SFL"]
+    np.testing.assert_allclose(stokes_cube.celestial_wcs.wcs.crval, cube.celestial_wcs.wcs.crval)
+
+
+@pytest.mark.parametrize("mode, kwargs", [
+    ("slice", dict(index=12)),
+    ("slice", dict(index=4.0 * u.km / u.s)),
+    ("sum", dict(spectral_range=(3, 9))),
+    ("mean", dict()),
+    ("moment0", dict(spectral_range=(3, 9))),
+    ("moment0", dict(spectral_range=(3, 5) * u.km / u.s)),
+])
+def test_4d_stokes_cube_reduces_as_the_3d_cube(stokes_cube, cube, mode, kwargs):
+    expected = reduce_cube(cube, mode=mode, **kwargs)
+    image = reduce_cube(stokes_cube, mode=mode, **kwargs)
+    assert image.cube == expected.cube and image.unit == expected.unit
+    np.testing.assert_allclose(image.read(), expected.read(), rtol=1e-6)
+    assert list(image.celestial_wcs.wcs.ctype) == ["RA---SFL", "DEC--SFL"]
+    np.testing.assert_allclose(image.celestial_wcs.wcs.crpix, expected.celestial_wcs.wcs.crpix)
+
+
+def test_single_plane_with_degenerate_third_and_fourth_axes_is_an_image(l1448, tmp_path):
+    data, header = l1448
+    plane = _insert_length1_axis(header, 4, "STOKES")  # VOPT (1 channel) and STOKES, as FIRST images have
+    path = tmp_path / "l1448_plane.fits"
+    fits.PrimaryHDU(data[None, 20:21], header=plane).writeto(path)
+    image = open_image(path)
+    assert image.ndim == 2 and not image.is_cube and image.shape == (105, 105)
+    assert list(image.celestial_wcs.wcs.ctype) == ["RA---SFL", "DEC--SFL"]
+    np.testing.assert_array_equal(image.read(), data[20])
+    with pytest.raises(AstroVLMError, match="2-D image .* not a cube"):
+        reduce_cube(image, mode="slice", index=0)
+
+
+def test_4d_cube_with_four_stokes_planes_names_its_axes(l1448, tmp_path):
+    data, header = l1448
+    full = _insert_length1_axis(header, 4, "STOKES")
+    path = tmp_path / "l1448_iquv.fits"
+    fits.PrimaryHDU(np.repeat(data[None, :, :8, :8], 4, axis=0), header=full).writeto(path)
+    with pytest.raises(AstroVLMError, match=r"STOKES 4, VOPT 53, .*more than 3 non-degenerate.*data\[0\]"):
+        open_image(path)
+
+
+def test_array_with_leading_length1_axes_is_a_cube(l1448):
+    data, _ = l1448
+    source = from_array(data[None, None])
+    assert source.is_cube and source.shape == (53, 105, 105)
+    np.testing.assert_array_equal(reduce_cube(source, mode="slice", index=7).read(), data[7])
+
+
+@pytest.fixture(scope="module")
+def no_spectral_wcs_cube(l1448, tmp_path_factory):
+    """The cube written without CTYPE3/CUNIT3: a celestial WCS and a third axis nobody described."""
+    data, header = l1448
+    header = header.copy()
+    for key in ("CTYPE3", "CUNIT3", "CRVAL3", "CDELT3", "CRPIX3", "SPECSYS"):
+        header.remove(key, ignore_missing=True)
+    path = tmp_path_factory.mktemp("nospec") / "l1448_no_ctype3.fits"
+    fits.PrimaryHDU(data, header=header).writeto(path)
+    return open_image(path)
+
+
+def test_cube_without_spectral_wcs_takes_channel_numbers(no_spectral_wcs_cube, l1448):
+    data, _ = l1448
+    for source in (no_spectral_wcs_cube, from_array(data)):
+        image = reduce_cube(source, mode="slice", index=3)
+        assert image.cube == "slice 3"
+        np.testing.assert_array_equal(image.read(), data[3])
+        summed = reduce_cube(source, mode="sum", spectral_range=(1, 4))
+        assert summed.cube == "sum 1:4"
+        np.testing.assert_allclose(summed.read(), data[1:4].sum(axis=0, dtype=float), rtol=1e-6)
+    assert image.celestial_wcs is None  # the plain array has no WCS at all
+    kept = reduce_cube(no_spectral_wcs_cube, mode="mean", spectral_range=(0, 53))
+    assert list(kept.celestial_wcs.wcs.ctype) == ["RA---SFL", "DEC--SFL"]
+
+
+@pytest.mark.parametrize("kwargs", [dict(mode="slice", index=4 * u.km / u.s),
+                                    dict(mode="sum", spectral_range=(1, 3) * u.km / u.s)])
+def test_cube_without_spectral_wcs_refuses_spectral_values(no_spectral_wcs_cube, kwargs):
+    with pytest.raises(AstroVLMError, match=r"no spectral WCS; give channel numbers \(0\.\.52\)"):
+        reduce_cube(no_spectral_wcs_cube, **kwargs)
+
+
+def test_cube_without_spectral_wcs_refuses_moment0(no_spectral_wcs_cube):
+    with pytest.raises(AstroVLMError, match="moment0 needs channel widths from a spectral WCS.*mode='sum'"):
+        reduce_cube(no_spectral_wcs_cube, mode="moment0")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mode="slice", index=53), r"Channel index 53 is out of range: valid channels are 0\.\.52"),
+    (dict(mode="slice", index=-1), r"Channel index -1 is out of range: valid channels are 0\.\.52"),
+    (dict(mode="sum", spectral_range=(9, 3)), r"\(9, 3\) is reversed.*\(3, 9\).*valid channels are 0\.\.52"),
+    (dict(mode="mean", spectral_range=(5, 5)), r"\(5, 5\) is empty.*valid channels are 0\.\.52"),
+    (dict(mode="moment0", spectral_range=(40, 80)), r"outside the cube: valid channels are 0\.\.52"),
+    (dict(mode="sum", spectral_range=(-3, 2)), r"outside the cube: valid channels are 0\.\.52"),
+    (dict(mode="slice", index=True), r"index must be a channel number"),
+])
+def test_bad_channels_are_explained_by_channel_not_by_wcs(cube, no_spectral_wcs_cube, l1448, kwargs, message):
+    sources = [cube, no_spectral_wcs_cube]
+    if kwargs["mode"] != "moment0":
+        sources.append(from_array(l1448[0]))
+    for source in sources:
+        with pytest.raises(AstroVLMError, match=message) as error:
+            reduce_cube(source, **kwargs)
+        assert "WCS" not in str(error.value)
+
+
+def test_collapsing_a_cube_too_large_for_memory_is_refused(cube, monkeypatch):
+    monkeypatch.setenv("ASTROVLM_MEMORY_LIMIT_GB", "0.0003")  # 300 kB; a 105 x 105 float64 plane is 88 kB
+    with pytest.raises(AstroVLMError, match=r"A moment0 of the 105 x 105 pixel planes of .*l1448_13co.fits "
+                                            r"needs 0\.4 MB of memory, more than the 0\.3 MB .*cut the cube "
+                                            r"to a smaller region first"):
+        reduce_cube(cube, mode="moment0")
+    assert reduce_cube(cube, mode="slice", index=3).shape == (105, 105)  # one plane, two copies: 176 kB
+
+
+def test_scaled_integer_stokes_cube_is_read_lazily(l1448, tmp_path):
+    """BSCALE/BZERO data are read through a FITS section, here behind the dropped Stokes axis."""
+    from glue_astrovlm.cutouts import whole_image
+
+    data, header = l1448
+    scaled = _insert_length1_axis(header, 3, "STOKES")
+    hdu = fits.PrimaryHDU(np.round(np.nan_to_num(data[:, None]) * 1000).astype(np.int16), header=scaled)
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 0.001, 0.0
+    hdu.writeto(tmp_path / "l1448_int16.fits")
+    cube = open_image(tmp_path / "l1448_int16.fits")
+    assert cube.is_cube and cube.shape == (53, 105, 105) and not isinstance(cube.data, np.ndarray)
+    expected = np.round(np.nan_to_num(data[30]) * 1000) * 0.001
+    np.testing.assert_allclose(cube.read(np.s_[30]), expected, atol=1e-6)
+    np.testing.assert_allclose(cube.read((Ellipsis, slice(0, 5), slice(0, 5)))[30], expected[:5, :5], atol=1e-6)
+    image = reduce_cube(cube, mode="slice", index=30)
+    np.testing.assert_allclose(image.read(), expected, atol=1e-6)
+    assert whole_image(image).shape == (105, 105)

@@ -1,5 +1,8 @@
 """Source detection with photutils on real images, feeding catalogue cutouts."""
 
+import logging
+import tracemalloc
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -7,7 +10,7 @@ from astropy.io import fits
 from glue_astrovlm.cutouts import cutouts_from_catalog, rgb_composite
 from glue_astrovlm.detect import detect_sources
 from glue_astrovlm.errors import AstroVLMError
-from glue_astrovlm.sources import open_image
+from glue_astrovlm.sources import from_array, open_image
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +84,85 @@ def test_nothing_detected_suggests_lower_nsigma(horsehead):
         detect_sources(horsehead, nsigma=1e6)
     with pytest.raises(AstroVLMError, match="nsigma and fwhm must be positive"):
         detect_sources(horsehead, nsigma=0)
+
+
+# ---------------------------------------------------------------- large images (issue 9)
+@pytest.fixture(scope="module")
+def m67(fits_dir):
+    """A real DSS star field: compact sources whose centroids test the mapping back to full resolution."""
+    return open_image(fits_dir / "M6707HH.fits")
+
+
+@pytest.fixture(scope="module")
+def m67_full(m67):
+    return detect_sources(m67, max_sources=100)
+
+
+def test_block_averaged_detection_reports_full_resolution_pixels(m67, m67_full, caplog):
+    with caplog.at_level(logging.INFO, logger="glue_astrovlm.detect"):
+        binned = detect_sources(m67, max_pixels=530 * 530, max_sources=20)
+    assert m67_full.meta["downsample"] == 1 and binned.meta["downsample"] == 2
+    assert "averaged over 2 x 2 pixel blocks" in caplog.text
+    assert binned.colnames == m67_full.colnames
+    x, y = np.asarray(binned["xcentroid"]), np.asarray(binned["ycentroid"])
+    distance = np.hypot(x[:, None] - np.asarray(m67_full["xcentroid"])[None],
+                        y[:, None] - np.asarray(m67_full["ycentroid"])[None])
+    nearest = distance.argmin(axis=1)
+    # block centres sit at (i + 0.5) * 2 - 0.5: without the half-block shift the median would be ~0.8 px
+    assert np.median(distance.min(axis=1)) < 0.3
+    flux = np.asarray(binned["segment_flux"]) / np.asarray(m67_full["segment_flux"])[nearest]
+    area = np.asarray(binned["area"]) / np.asarray(m67_full["area"])[nearest]
+    assert 0.95 < np.median(flux) < 1.15 and 0.95 < np.median(area) < 1.4  # per pixel, not per block
+    sky = m67.celestial_wcs.pixel_to_world(x, y)
+    assert np.all(sky.separation(binned["sky_centroid"]).arcsec < 1e-6)
+
+
+class _Mosaic:
+    """A virtual mosaic: a real image repeated ``reps x reps`` times, read lazily like a FITS section."""
+
+    def __init__(self, tile: np.ndarray, reps: int):
+        self.tile = tile
+        self.shape = (tile.shape[0] * reps, tile.shape[1] * reps)
+        self.dtype = tile.dtype
+        self.ndim = 2
+
+    def __getitem__(self, key):
+        rows, cols = key
+        y = np.arange(*rows.indices(self.shape[0])) % self.tile.shape[0]
+        x = np.arange(*cols.indices(self.shape[1])) % self.tile.shape[1]
+        return self.tile[np.ix_(y, x)]
+
+
+def test_large_image_is_detected_in_bounded_memory(fits_dir):
+    tile = fits.getdata(fits_dir / "M6707HH.fits")
+    mosaic = from_array(_Mosaic(tile, 8), label="m67-mosaic")  # 8472 x 8472 pixels
+    assert mosaic.shape == (8472, 8472)
+    tracemalloc.start()
+    try:
+        table = detect_sources(mosaic, max_pixels=512 * 512)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # one float64 copy of the image alone is 574 MB; detection at full resolution needs about 4.6 GB
+    assert peak < 120e6, f"peak {peak / 1e6:.0f} MB"
+    assert table.meta["downsample"] == 17 and len(table) == 500
+    x, y = np.asarray(table["xcentroid"]), np.asarray(table["ycentroid"])
+    assert x.min() >= 0 and y.min() >= 0 and x.max() < 8472 and y.max() < 8472
+    assert x.max() > 7000 and y.max() > 7000  # sources over the whole mosaic, not only the first tiles
+
+
+def test_detection_beyond_the_memory_budget_says_how_much_and_what_to_do(horsehead, monkeypatch):
+    monkeypatch.setenv("ASTROVLM_MEMORY_LIMIT_GB", "0.01")
+    with pytest.raises(AstroVLMError, match=r"Source detection on a 891 x 893 pixel map of .*HorseHead.fits "
+                                            r"needs 50\.9 MB of memory, more than the 10\.0 MB this machine "
+                                            r"can spare \(ASTROVLM_MEMORY_LIMIT_GB=0\.01\); pass a smaller "
+                                            r"max_pixels"):
+        detect_sources(horsehead)
+    table = detect_sources(horsehead, max_pixels=200 * 200)  # a coarser map fits
+    assert table.meta["downsample"] == 5
+
+
+@pytest.mark.parametrize("max_pixels", [0, 100, 2.5e6, "big", True])
+def test_max_pixels_must_be_a_whole_number(horsehead, max_pixels):
+    with pytest.raises(AstroVLMError, match="max_pixels must be a whole number of pixels"):
+        detect_sources(horsehead, max_pixels=max_pixels)

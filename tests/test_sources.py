@@ -1,6 +1,10 @@
 """Reading images: FITS (plain, compressed, scaled), PNG/JPEG, NDData and arrays."""
 
 import mmap
+import os
+import re
+import threading
+import warnings
 
 import astropy.units as u
 import numpy as np
@@ -11,7 +15,8 @@ from astropy.nddata import CCDData
 from PIL import Image
 
 from glue_astrovlm.errors import AstroVLMError
-from glue_astrovlm.sources import ImageSource, as_image_source, from_array, from_nddata, open_image
+from glue_astrovlm.sources import (ImageSource, as_image_source, block_average, from_array, from_nddata,
+                                   open_image)
 
 
 def _is_memory_mapped(array) -> bool:
@@ -208,3 +213,161 @@ def test_from_array_and_dispatch(fits_dir):
         as_image_source({"not": "an image"})
     with pytest.raises(AstroVLMError, match="2-D image or a 3-D cube"):
         from_array(np.zeros(5))
+
+
+# ---------------------------------------------------------------- bad inputs (issue 9)
+@pytest.mark.parametrize("array, message", [
+    (np.array([[1, None], [2, 3]], dtype=object),
+     r"Python objects \(dtype=object\).*np\.asarray\(a, dtype=float\)"),
+    (np.ones((4, 4)) * (1 + 2j), r"complex values; pass np\.abs\(a\) .* or a\.real"),
+    (np.ones((4, 4), dtype=bool), r"booleans \(a mask\?\).*a\.astype\(np\.float32\)"),
+    (np.array([["1", "2"], ["3", "4"]]), r"text, not pixel values.*a\.astype\(float\)"),
+    (np.array([[b"1", b"2"], [b"3", b"4"]]), r"bytes, not pixel values"),
+    (np.zeros((4, 4), dtype=[("flux", "f4"), ("err", "f4")]), r"structured records.*a\['flux'\]"),
+])
+def test_arrays_of_what_are_not_real_numbers_are_refused(array, message):
+    for make in (from_array, as_image_source, lambda a: from_array(np.ma.masked_array(a))):
+        with pytest.raises(AstroVLMError, match=message):
+            make(array)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((5,), r"2-D image or a 3-D cube, got 1 dimension\(s\) .*a\.reshape\(ny, nx\)"),
+    ((), r"2-D image or a 3-D cube, got 0 dimension"),
+    ((2, 2, 3, 4, 5), r"\(2, 2, 3, 4, 5\) .*has more than 3 non-degenerate axes"),
+    ((0, 5), r"has no pixels \(shape \(0, 5\)\)"),
+    ((3, 0, 4), r"has no pixels \(shape \(3, 0, 4\)\)"),
+])
+def test_arrays_of_the_wrong_shape_are_refused(shape, message):
+    with pytest.raises(AstroVLMError, match=message):
+        from_array(np.zeros(shape, dtype=np.float32))
+
+
+def test_degenerate_axes_of_a_5d_array_are_dropped_and_ragged_lists_refused():
+    image = from_array(np.arange(20.0).reshape(1, 1, 1, 4, 5))
+    assert image.shape == (4, 5) and not image.is_cube
+    with pytest.raises(AstroVLMError, match="ragged lists"):
+        from_array([[1.0, 2.0], [3.0]])
+
+
+def test_nan_only_data_keeps_its_clear_error():
+    from glue_astrovlm.cutouts import whole_image
+
+    with pytest.raises(AstroVLMError, match="holds only NaN/blank pixels"):
+        whole_image(from_array(np.full((8, 8), np.nan)))
+
+
+def _open_in_thread(path, seconds: float = 5.0):
+    """open_image(path) in a thread, so that a read that blocks (a FIFO) fails the test, not hangs it."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["source"] = open_image(path)
+        except Exception as error:  # noqa: BLE001 - handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"open_image({path}) blocked: it read a file it should have refused"
+    return outcome
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder"])
+def test_what_is_not_a_regular_file_is_refused_without_reading(tmp_path, kind):
+    if kind == "device":
+        path, message = "/dev/zero", r"/dev/zero is a character device, not a regular file"
+        if not os.path.exists(path):
+            pytest.skip("no /dev/zero here")
+    elif kind == "fifo":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no named pipes here")
+        path, message = tmp_path / "pipe.fits", r"pipe.fits is a named pipe \(FIFO\), not a regular file"
+        os.mkfifo(path)
+    else:
+        path, message = tmp_path, r"is a folder; give the path of a FITS, PNG or JPEG file"
+    outcome = _open_in_thread(path)
+    assert isinstance(outcome.get("error"), AstroVLMError), outcome
+    assert re.search(message, str(outcome["error"])), str(outcome["error"])
+
+
+@pytest.mark.parametrize("name", ["empty.fits", "empty.png", "empty"])
+def test_an_empty_file_says_it_is_empty(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(AstroVLMError, match=r"is empty \(0 bytes\); the download or copy .* failed"):
+        open_image(tmp_path / name)
+
+
+def _one_clear_line(path) -> str:
+    """The message of open_image's error, checked to be one line, raised without any warning first."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would escape as another exception and fail the test
+        with pytest.raises(AstroVLMError) as error:
+            open_image(path)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+@pytest.mark.parametrize("nbytes", [100, 2880, 2880 * 5 + 17])
+def test_truncated_fits_is_one_clear_line(tmp_path, fits_dir, nbytes):
+    path = tmp_path / "cut.fits"
+    path.write_bytes((fits_dir / "HorseHead.fits").read_bytes()[:nbytes])
+    assert re.search(r"Could not read .*(as FITS|image data).*(complete|truncated)", _one_clear_line(path))
+
+
+def test_pictures_that_are_not_pictures(tmp_path, shared_data, fits_dir):
+    page = tmp_path / "galaxy.png"
+    page.write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    assert re.search(r"Could not read .*galaxy.png as an image \(.*\)\. Check that the file is a complete",
+                     _one_clear_line(page))
+    half = tmp_path / "half.png"
+    original = next((shared_data / "first_radio_galaxies" / "test" / "FRI").glob("*.png")).read_bytes()
+    half.write_bytes(original[: len(original) // 2])
+    assert "Could not read" in _one_clear_line(half)
+    page_as_fits = tmp_path / "galaxy.fits"
+    page_as_fits.write_bytes(page.read_bytes())
+    assert re.search(r"galaxy.fits as FITS or as a PNG/JPEG picture: it starts with b'<!DOCTYPE ht'.*"
+                     r"error page", _one_clear_line(page_as_fits))
+
+
+def test_content_decides_between_fits_and_picture(tmp_path, shared_data, fits_dir, caplog):
+    fits_named_png = tmp_path / "horsehead.png"
+    fits_named_png.write_bytes((fits_dir / "HorseHead.fits").read_bytes())
+    with caplog.at_level("WARNING", logger="glue_astrovlm.sources"):
+        source = open_image(fits_named_png)
+    assert source.shape == (893, 891) and source.celestial_wcs is not None
+    assert "holds FITS" in caplog.text
+    png = next((shared_data / "first_radio_galaxies" / "test" / "FRI").glob("*.png"))
+    png_named_fits = tmp_path / "first.fits"
+    png_named_fits.write_bytes(png.read_bytes())
+    np.testing.assert_array_equal(open_image(png_named_fits).read(), open_image(png).read())
+
+
+@pytest.mark.parametrize("tile_pixels", [4_000_000, 1000], ids=["one-tile", "many-tiles"])
+def test_block_average_ignores_nan_and_handles_partial_edge_blocks(horsehead_raw, monkeypatch, tile_pixels):
+    import glue_astrovlm.sources as sources
+
+    monkeypatch.setattr(sources, "_BLOCK_TILE_PIXELS", tile_pixels)  # 1000: tiles of 1 x 62 blocks
+    raw, _ = horsehead_raw
+    data = raw.astype(np.float32)
+    data[:7, :5] = np.nan  # one block entirely blank, one partly
+    ny, nx = data.shape  # 893 x 891: the last row and column of blocks are partial
+    padded = np.full((-(-ny // 4) * 4, -(-nx // 4) * 4), np.nan, dtype=np.float32)
+    padded[:ny, :nx] = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN block
+        expected = np.nanmean(padded.reshape(padded.shape[0] // 4, 4, padded.shape[1] // 4, 4), axis=(1, 3))
+    binned = block_average(from_array(data), 4)
+    assert binned.shape == (224, 223) and binned.dtype == np.float32
+    np.testing.assert_allclose(binned, expected, rtol=1e-6)
+    assert np.isnan(binned[0, 0]) and np.isfinite(binned[1, 1])
+
+
+def test_block_average_of_a_colour_picture_averages_each_band(shared_data):
+    picture = open_image(next((shared_data / "gz2_spiral" / "spirals").glob("*.jpg")))
+    binned = block_average(picture, 5)
+    assert picture.is_rgb and binned.shape == (3, 85, 85)
+    for band in range(3):
+        np.testing.assert_array_equal(binned[band], block_average(from_array(picture.data[band]), 5))

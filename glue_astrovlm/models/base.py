@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -24,6 +25,25 @@ ProgressCallback = Callable[[int, int], None]
 
 DESCRIBE_PROMPT = ("Describe this astronomical image in two or three sentences: what objects are visible, "
                    "their shapes and any notable features.")
+
+
+def _checked_text(value, what: str, example: str) -> str:
+    """``value`` stripped, or an error when it is not text or is blank."""
+    if value is None:
+        raise AstroVLMError(f"The {what} is missing (None); {example}")
+    if not isinstance(value, str):
+        raise AstroVLMError(f"The {what} must be text (a str), got {type(value).__name__} {value!r}; "
+                            f"{example}")
+    if not value.strip():
+        raise AstroVLMError(f"The {what} is empty; {example}")
+    return value.strip()
+
+
+def _checked_max_new_tokens(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise AstroVLMError(f"max_new_tokens must be a positive whole number of tokens (e.g. 128), got "
+                            f"{value!r}.")
+    return int(value)
 
 
 class OperationCancelled(AstroVLMError):
@@ -91,15 +111,30 @@ class VLM(abc.ABC):
 
     def ask(self, images, question: str, *, max_new_tokens: int = 128, progress: ProgressCallback | None = None,
             cancel=None) -> list[Result]:
-        """Answer ``question`` about each image. Returns results with ``task='ask'`` and ``answer`` set."""
-        if not str(question).strip():
-            raise AstroVLMError("The question is empty; type what you want to know about the image.")
-        return self._generate(as_model_images(images), str(question).strip(), "ask", max_new_tokens,
-                              progress, cancel)
+        """Answer ``question`` about each image. Returns results with ``task='ask'`` and ``answer`` set.
+
+        Raises
+        ------
+        AstroVLMError
+            If ``question`` is not text or is blank, or ``max_new_tokens`` is not a positive integer.
+        """
+        question = _checked_text(question, "question", "type what you want to know about the image, e.g. "
+                                 "vlm.ask(cutout, 'Is there a jet?').")
+        max_new_tokens = _checked_max_new_tokens(max_new_tokens)
+        return self._generate(as_model_images(images), question, "ask", max_new_tokens, progress, cancel)
 
     def describe(self, images, *, prompt: str = DESCRIBE_PROMPT, max_new_tokens: int = 128,
                  progress: ProgressCallback | None = None, cancel=None) -> list[Result]:
-        """Caption each image. Returns results with ``task='describe'``."""
+        """Caption each image. Returns results with ``task='describe'``.
+
+        Raises
+        ------
+        AstroVLMError
+            If ``prompt`` is not text or is blank, or ``max_new_tokens`` is not a positive integer.
+        """
+        prompt = _checked_text(prompt, "describe prompt", "leave prompt= out for the default caption "
+                               "request, or give the instruction as text.")
+        max_new_tokens = _checked_max_new_tokens(max_new_tokens)
         return self._generate(as_model_images(images), prompt, "describe", max_new_tokens, progress, cancel)
 
     def classify(self, images, labels=None, *, preset: str | None = None, question: str | None = None,

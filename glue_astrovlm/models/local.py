@@ -65,6 +65,7 @@ class LocalVLM(VLM):
         self._adapters: list[str] = []
         self._records: dict[str | None, dict] = {}  # astrovlm finetune's record per adapter (None: the model)
         self._continuation_cache: dict[tuple, list[list[int]]] = {}
+        self._control_token_list: list[str] | None = None  # see _control_tokens
         self.last_image_tokens: int | None = None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -156,6 +157,40 @@ class LocalVLM(VLM):
                 self.set_adapter(previous)
 
     # ------------------------------------------------------------------ inputs
+    def _control_tokens(self) -> list[str]:
+        """The tokenizer's special and added tokens (and the processor's image token), longest first.
+
+        Added tokens that are not special count only when they look like markup (``<...>``,
+        ``[...]``): some tokenizers add plain whitespace or word pieces, which text may hold.
+        """
+        if getattr(self, "_control_token_list", None) is None:
+            tokenizer = self.tokenizer
+            tokens = set(getattr(tokenizer, "all_special_tokens", None) or ())
+            for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+                content = str(getattr(added, "content", added))
+                markup = content.strip()[:1] + content.strip()[-1:] in ("<>", "[]")
+                if getattr(added, "special", False) or (markup and len(content.strip()) >= 3):
+                    tokens.add(content)
+            for attribute in ("image_token", "video_token", "boi_token", "eoi_token"):
+                token = getattr(self.processor, attribute, None)
+                if isinstance(token, str):
+                    tokens.add(token)
+            self._control_token_list = sorted((t for t in tokens if t.strip()), key=len, reverse=True)
+        return self._control_token_list
+
+    def _refuse_control_tokens(self, texts: Sequence[tuple[str, str, str]]) -> None:
+        """Raise before any model work if a text holds a control token, which the processor would parse.
+
+        ``texts`` holds ``(what, text, fix)``, e.g. ``("The label '<image>'", "<image>", "rename it")``.
+        """
+        tokens = self._control_tokens()
+        for what, text, fix in texts:
+            for token in tokens:
+                if token in text:
+                    raise AstroVLMError(f"{what} contains {token!r}, a control token of {self.name} that "
+                                        "marks the chat or image structure; the model would not read it as "
+                                        f"text. {fix}")
+
     def _conversation(self, prompt: str, answer: str | None = None) -> list[dict]:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         if answer is not None:
@@ -304,6 +339,12 @@ class LocalVLM(VLM):
             return super().classify(images, labels, **kwargs)
 
     def _classify(self, images, label_set: LabelSet, progress, cancel):
+        self._refuse_control_tokens(
+            [(f"The label {label!r}", label, "Rename the label (without the markup).")
+             for label in label_set.labels]
+            + [(f"The description of label {label!r}", description, "Reword the description.")
+               for label, description in zip(label_set.labels, label_set.descriptions)]
+            + [("The question", label_set.question, "Remove it: the image is sent separately.")])
         continuations = self.label_continuations(label_set)
         prompt_text = self.prompt_text(label_set.prompt())
         pad_id = self.tokenizer.pad_token_id
@@ -329,6 +370,8 @@ class LocalVLM(VLM):
     def _generate(self, images, prompt, task, max_new_tokens, progress, cancel):
         import torch
 
+        what = "The question" if task == "ask" else "The describe prompt"
+        self._refuse_control_tokens([(what, prompt, "Remove it: the image is sent separately.")])
         prompt_text = self.prompt_text(prompt)
         self.tokenizer.padding_side = "left"
 

@@ -1,6 +1,7 @@
 """The local transformers backend, on tiny real models built from real configurations."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -295,3 +296,89 @@ def test_repeated_cache_scoring_for_multimodal_rope_models_equals_bruteforce(tin
         single = {key: value[row:row + 1] for key, value in inputs.items()}
         reference = score_labels_bruteforce(tiny_smolvlm.model, single, continuations).softmax(-1)[0].numpy()
         np.testing.assert_allclose(repeated[row], reference, atol=1e-4)
+
+
+# ---------------------------------------------------------------- bad inputs (issue 9)
+@pytest.fixture
+def forward_calls(tiny_smolvlm):
+    """Counts forward passes of the tiny model's language model through a real torch hook."""
+    calls = []
+    handle = tiny_smolvlm.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+CONTROL_TOKENS = ["<image>", "<fake_token_around_image>", "<end_of_utterance>", "<|im_start|>", "<|im_end|>",
+                  "<global-img>", "<row_1_col_1>", "<|reserved_special_token_3|>"]
+
+
+def test_control_tokens_are_the_tokenizers_special_and_added_tokens(tiny_smolvlm):
+    tokens = set(tiny_smolvlm._control_tokens())
+    assert set(tiny_smolvlm.tokenizer.all_special_tokens) <= tokens
+    assert set(tiny_smolvlm.tokenizer.get_added_vocab()) <= tokens
+    assert set(CONTROL_TOKENS) <= tokens
+
+
+@pytest.mark.parametrize("token", CONTROL_TOKENS)
+def test_a_control_token_in_a_label_is_refused_before_any_model_work(tiny_smolvlm, images, forward_calls,
+                                                                     token):
+    quoted = re.escape(token)
+    with pytest.raises(AstroVLMError, match=rf"The label '{quoted}' contains '{quoted}', a control token of "
+                                            r".*Rename the label"):
+        tiny_smolvlm.classify(images[0], ["FRI", token])
+    with pytest.raises(AstroVLMError, match=rf"The label 'FRII {re.escape(token)}' contains"):
+        tiny_smolvlm.classify(images[0], ["FRI", f"FRII {token}"])
+    assert forward_calls == []
+
+
+@pytest.mark.parametrize("token", ["<image>", "<end_of_utterance>", "<|im_start|>"])
+def test_a_control_token_in_a_question_or_description_is_refused(tiny_smolvlm, images, forward_calls,
+                                                                  token):
+    quoted = re.escape(token)
+    with pytest.raises(AstroVLMError, match=rf"The description of label 'FRII' contains '{quoted}'"):
+        tiny_smolvlm.classify(images[0], {"FRI": "core-brightened", "FRII": f"lobes {token}"})
+    with pytest.raises(AstroVLMError, match=rf"The question contains '{quoted}'.*sent separately"):
+        tiny_smolvlm.classify(images[0], ["FRI", "FRII"], question=f"Which class is {token}?")
+    with pytest.raises(AstroVLMError, match=rf"The question contains '{quoted}'"):
+        tiny_smolvlm.ask(images[0], f"What is in {token}?", max_new_tokens=2)
+    with pytest.raises(AstroVLMError, match=rf"The describe prompt contains '{quoted}'"):
+        tiny_smolvlm.describe(images[0], prompt=f"Describe {token}", max_new_tokens=2)
+    assert forward_calls == []
+
+
+def test_angle_brackets_that_are_no_token_are_plain_text(tiny_smolvlm, images):
+    results = tiny_smolvlm.classify(images[0], ["S/N<5", "S/N>5", "<image"], question="Which <class>?")
+    assert sorted(results[0].probabilities) == ["<image", "S/N<5", "S/N>5"]
+
+
+@pytest.mark.parametrize("question, message", [
+    (None, r"The question is missing \(None\); type what you want to know"),
+    (5, r"The question must be text \(a str\), got int 5"),
+    (b"Is there a jet?", r"The question must be text \(a str\), got bytes"),
+    ("   ", r"The question is empty"),
+])
+def test_ask_refuses_a_question_that_is_not_text(tiny_smolvlm, images, forward_calls, question, message):
+    with pytest.raises(AstroVLMError, match=message):
+        tiny_smolvlm.ask(images[0], question, max_new_tokens=2)
+    assert forward_calls == []
+
+
+@pytest.mark.parametrize("max_new_tokens", [0, -5, "x", 2.5, True, None])
+def test_max_new_tokens_must_be_a_positive_integer(tiny_smolvlm, images, forward_calls, max_new_tokens):
+    with pytest.raises(AstroVLMError, match=r"max_new_tokens must be a positive whole number of tokens"):
+        tiny_smolvlm.ask(images[0], "Is there a jet?", max_new_tokens=max_new_tokens)
+    with pytest.raises(AstroVLMError, match=r"max_new_tokens must be a positive whole number of tokens"):
+        tiny_smolvlm.describe(images[0], max_new_tokens=max_new_tokens)
+    assert forward_calls == []
+
+
+def test_describe_refuses_a_prompt_that_is_not_text(tiny_smolvlm, images, forward_calls):
+    for prompt, message in ((None, r"describe prompt is missing \(None\); leave prompt= out"),
+                            (["Describe"], r"describe prompt must be text \(a str\), got list"),
+                            ("", r"describe prompt is empty")):
+        with pytest.raises(AstroVLMError, match=message):
+            tiny_smolvlm.describe(images[0], prompt=prompt, max_new_tokens=2)
+    assert forward_calls == []
+    answer = tiny_smolvlm.ask(images[0], np.str_("Is there a jet?"), max_new_tokens=np.int64(2))
+    assert answer[0].task == "ask"
+    assert forward_calls  # the hook sees the model's work when there is some
