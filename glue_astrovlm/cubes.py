@@ -178,8 +178,6 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
         channels, ``0..N-1``), an empty or reversed range, spectral values or ``moment0`` on a cube
         without a spectral WCS, or planes too large for the memory this machine can spare.
     """
-    import astropy.units as u
-
     source = as_image_source(source)
     if source.is_rgb:
         raise AstroVLMError(f"{source.label} is an RGB composite, not a cube; take cutouts from it directly.")
@@ -189,7 +187,6 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
     if mode not in CUBE_MODES:
         raise AstroVLMError(f"Unknown cube mode {mode!r}; use one of {', '.join(CUBE_MODES)}.")
     axis, spec_wcs = _spectral_axis(source, spectral_axis)
-    nchan = source.shape[axis]
     plane = tuple(n for i, n in enumerate(source.shape) if i != axis)
     check_memory(plane, copies=2 if mode == "slice" else 5,
                  what=f"A {mode} of the {plane[1]} x {plane[0]} pixel planes of {source.label}",
@@ -199,34 +196,43 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
         wcs_2d = usable_celestial_wcs(source.wcs.dropaxis(2 - axis))
     elif axis == 0:
         wcs_2d = source.celestial_wcs
-
     if mode == "slice":
         if spectral_range is not None:
             raise AstroVLMError("mode='slice' takes index=, not spectral_range=; use mode='sum', 'mean' or "
                                 "'moment0' to collapse a range of channels.")
-        if index is None:
-            raise AstroVLMError(f"mode='slice' needs index=<channel>; {source.label} has "
-                                f"{_coverage(spec_wcs, nchan)}.")
-        if isinstance(index, u.Quantity):
-            channel = int(np.round(_channel_of(index, spec_wcs, nchan, "index")))
-            if not 0 <= channel < nchan:
-                raise AstroVLMError(f"index {index} is outside the cube, which covers "
-                                    f"{_coverage(spec_wcs, nchan)}.")
-        elif isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            channel = int(index)
-            if not 0 <= channel < nchan:
-                raise AstroVLMError(f"Channel index {channel} is out of range: valid channels are "
-                                    f"0..{nchan - 1}.")
-        else:
-            raise AstroVLMError(f"index must be a channel number or a spectral Quantity, got {index!r}.")
-        image = source.read(_plane_key(axis, channel))
-        return ImageSource(data=image, wcs=wcs_2d, label=source.label, hdu=source.hdu, unit=source.unit,
-                           cube=f"slice {channel}")
+        channel = _slice_channel(source, index, spec_wcs, source.shape[axis])
+        image, unit, description = source.read(_plane_key(axis, channel)), source.unit, f"slice {channel}"
+    else:
+        if index is not None:
+            raise AstroVLMError(f"mode={mode!r} takes spectral_range=, not index=; use mode='slice' for one "
+                                "channel.")
+        image, unit, description = _collapse(source, mode, axis, spec_wcs, spectral_range, plane)
+    return ImageSource(data=image, wcs=wcs_2d, label=source.label, hdu=source.hdu, unit=unit,
+                       cube=description)
 
-    if index is not None:
-        raise AstroVLMError(f"mode={mode!r} takes spectral_range=, not index=; use mode='slice' for one "
-                            "channel.")
-    lo, hi, as_quantity = _channel_range(spectral_range, spec_wcs, nchan)
+
+def _slice_channel(source: ImageSource, index, spec_wcs, nchan: int) -> int:
+    """The channel that ``index`` (a channel number or a spectral value) names."""
+    import astropy.units as u
+
+    if index is None:
+        raise AstroVLMError(f"mode='slice' needs index=<channel>; {source.label} has "
+                            f"{_coverage(spec_wcs, nchan)}.")
+    if isinstance(index, u.Quantity):
+        channel = int(np.round(_channel_of(index, spec_wcs, nchan, "index")))
+        if not 0 <= channel < nchan:
+            raise AstroVLMError(f"index {index} is outside the cube, which covers {_coverage(spec_wcs, nchan)}.")
+        return channel
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        if not 0 <= int(index) < nchan:
+            raise AstroVLMError(f"Channel index {int(index)} is out of range: valid channels are 0..{nchan - 1}.")
+        return int(index)
+    raise AstroVLMError(f"index must be a channel number or a spectral Quantity, got {index!r}.")
+
+
+def _collapse(source: ImageSource, mode: str, axis: int, spec_wcs, spectral_range, plane):
+    """``(image, unit, description)`` of a sum, mean or moment 0 over the channels of ``spectral_range``."""
+    lo, hi, as_quantity = _channel_range(spectral_range, spec_wcs, source.shape[axis])
     weights = np.ones(hi - lo)
     unit = source.unit
     world_text = ""
@@ -242,23 +248,20 @@ def reduce_cube(source, mode: str = "slice", index: int | Any | None = None,
         weights = np.abs(np.diff(edges))
         data_unit = source.astropy_unit
         unit = None if data_unit is None else (data_unit * shown).to_string()
-
     total = np.zeros(plane, dtype=float)
     count = np.zeros(total.shape, dtype=np.int32)
     for weight, channel in zip(weights, range(lo, hi)):
-        plane = source.read(_plane_key(axis, channel))
-        finite = np.isfinite(plane)
-        total += np.where(finite, plane * weight, 0.0)
+        values = source.read(_plane_key(axis, channel))
+        finite = np.isfinite(values)
+        total += np.where(finite, values * weight, 0.0)
         count += finite
     with np.errstate(invalid="ignore", divide="ignore"):
         image = total / count if mode == "mean" else total
     image[count == 0] = np.nan
-
     description = f"{mode} {lo}:{hi}"
     if mode == "moment0" or as_quantity:
         description += world_text
-    return ImageSource(data=image, wcs=wcs_2d, label=source.label, hdu=source.hdu, unit=unit,
-                       cube=description)
+    return image, unit, description
 
 
 def as_2d_source(source, cube: dict | None = None) -> ImageSource:

@@ -104,13 +104,6 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
         If the settings are invalid, the image holds no finite pixels, nothing is detected, or the
         map would need more memory than this machine can spare (the message says how much).
     """
-    import astropy.units as u
-    from astropy.convolution import convolve
-    from astropy.table import Table
-    from photutils.segmentation import SourceCatalog, make_2dgaussian_kernel
-    from photutils.segmentation import detect_sources as segment
-    from photutils.utils.exceptions import NoDetectionsWarning
-
     if not nsigma > 0 or int(npixels) < 1 or not fwhm > 0 or int(max_sources) < 1:
         raise AstroVLMError(f"nsigma and fwhm must be positive and npixels, max_sources at least 1; got "
                             f"nsigma={nsigma}, npixels={npixels}, fwhm={fwhm}, max_sources={max_sources}.")
@@ -118,51 +111,76 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
         raise AstroVLMError(f"max_pixels must be a whole number of pixels, at least 1024 (32 x 32), got "
                             f"{max_pixels!r}.")
     source: ImageSource = as_2d_source(source, cube)
+    image, factor = _detection_map(source, int(max_pixels))
+    map_npixels = max(1, math.ceil(int(npixels) / factor ** 2))
+    map_fwhm = max(1.0, float(fwhm) / factor) if factor > 1 else float(fwhm)
+    if factor > 1:
+        log.info("%s is larger than max_pixels=%d: detecting on a map averaged over %d x %d pixel blocks "
+                 "(npixels %d, fwhm %.3g there); results are in full-resolution pixels", source.label,
+                 max_pixels, factor, factor, map_npixels, map_fwhm)
+    table, method, detected = _segment(source, image, nsigma, map_npixels, map_fwhm, npixels)
+    _to_full_resolution(source, table, factor)
+    table.sort("segment_flux", reverse=True)
+    if len(table) > max_sources:
+        log.info("Keeping the %d brightest of %d sources in %s", max_sources, len(table), source.label)
+        table = table[: int(max_sources)]
+    table.meta.update({"source": source.label, "hdu": source.hdu, "cube": source.cube, "nsigma": nsigma,
+                       "npixels": int(npixels), "fwhm": fwhm, "background": method, "detected": detected,
+                       "downsample": factor})
+    return table
+
+
+def _detection_map(source: ImageSource, max_pixels: int):
+    """The image to detect on (block-averaged beyond ``max_pixels``; RGB bands summed) and its block size."""
     ny, nx = source.image_shape
-    factor = _block_factor(ny, nx, int(max_pixels))
+    factor = _block_factor(ny, nx, max_pixels)
     map_shape = (-(-ny // factor), -(-nx // factor))
     read_bytes = 3 * 8 if source.is_rgb and factor == 1 else 0  # the three bands before they are summed
     check_memory(map_shape, itemsize=1, copies=_BYTES_PER_PIXEL + read_bytes,
                  what=f"Source detection on a {map_shape[1]} x {map_shape[0]} pixel map of {source.label}",
-                 shrink=f"pass a smaller max_pixels (now {max_pixels}), or detect on a region of the image")
-    map_npixels, map_fwhm = int(npixels), float(fwhm)
-    if factor == 1:
-        image = source.read()
-    else:
-        image = block_average(source, factor)
-        map_npixels = max(1, math.ceil(int(npixels) / factor ** 2))
-        map_fwhm = max(1.0, float(fwhm) / factor)
-        log.info("%s has %d x %d pixels, more than max_pixels=%d: detecting on a %d x %d map averaged "
-                 "over %d x %d pixel blocks (npixels %d, fwhm %.3g there); results are in full-resolution "
-                 "pixels",
-                 source.label, nx, ny, max_pixels, map_shape[1], map_shape[0], factor, factor, map_npixels,
-                 map_fwhm)
+                 shrink=f"pass a smaller max_pixels (now {max_pixels}; --detect-max-pixels), or detect on a "
+                        "region of the image")
+    image = source.read() if factor == 1 else block_average(source, factor)
     if source.is_rgb:
         image = np.sum(image, axis=0)  # NaN in any band makes the pixel NaN
-    image = np.asarray(image, dtype=float)
+    return np.asarray(image, dtype=float), factor
+
+
+def _segment(source: ImageSource, image: np.ndarray, nsigma: float, npixels: int, fwhm: float, asked_npixels):
+    """Segment the smoothed, background-subtracted map: ``(table in map pixels, background method, count)``."""
+    from astropy.convolution import convolve
+    from astropy.table import Table
+    from photutils.segmentation import SourceCatalog, make_2dgaussian_kernel
+    from photutils.segmentation import detect_sources as segment
+    from photutils.utils.exceptions import NoDetectionsWarning
+
     finite = np.isfinite(image)
     if not finite.any():
         raise AstroVLMError(f"{source.label} holds only NaN/blank pixels; nothing to detect.")
-
     background, rms, method = _background(image, finite)
     if np.all(np.asarray(rms) <= 0):
         raise AstroVLMError(f"{source.label} has no background noise (constant image); nothing to detect.")
     subtracted = np.where(finite, image - background, 0.0)
-    size = 2 * int(np.ceil(2 * map_fwhm)) + 1
-    kernel = make_2dgaussian_kernel(map_fwhm, size=size)
+    kernel = make_2dgaussian_kernel(fwhm, size=2 * int(np.ceil(2 * fwhm)) + 1)
     smoothed = convolve(subtracted, kernel, mask=~finite, normalize_kernel=True)
-    threshold = nsigma * np.asarray(rms)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoDetectionsWarning)  # replaced by the error below
-        segments = segment(smoothed, threshold, map_npixels, mask=~finite)
+        segments = segment(smoothed, nsigma * np.asarray(rms), npixels, mask=~finite)
     if segments is None:
-        raise AstroVLMError(f"No sources above {nsigma:g} sigma with at least {npixels} connected pixels in "
-                            f"{source.label}; try a lower nsigma (e.g. 3) or npixels.")
+        raise AstroVLMError(f"No sources above {nsigma:g} sigma with at least {asked_npixels} connected pixels "
+                            f"in {source.label}; try a lower nsigma (e.g. 3) or npixels.")
     catalog = SourceCatalog(subtracted, segments, convolved_data=smoothed, mask=~finite)
     names = ["label", "x_centroid", "y_centroid", "area", "segment_flux"]
     table = Table(catalog.to_table(columns=names))  # a plain Table, not photutils' QTable subclass
     # the names this project's catalogues use (photutils < 3 spelling), recognised by cutouts_from_catalog
     table.rename_columns(["label", "x_centroid", "y_centroid"], ["id", "xcentroid", "ycentroid"])
+    return table, method, int(segments.n_labels)
+
+
+def _to_full_resolution(source: ImageSource, table, factor: int) -> None:
+    """Map a map's positions, areas and fluxes to the full image, and add units and sky positions."""
+    import astropy.units as u
+
     if factor > 1:  # block centres to full-resolution pixels; per-block means to per-pixel sums
         for name in ("xcentroid", "ycentroid"):
             table[name] = (np.asarray(table[name], dtype=float) + 0.5) * factor - 0.5
@@ -171,18 +189,9 @@ def detect_sources(source, *, nsigma: float = 5.0, npixels: int = 10, fwhm: floa
     if source.astropy_unit is not None:
         table["segment_flux"].unit = source.astropy_unit
     if source.celestial_wcs is not None:
-        sky = source.celestial_wcs.pixel_to_world(np.asarray(table["xcentroid"]),
-                                                  np.asarray(table["ycentroid"]))
+        sky = source.celestial_wcs.pixel_to_world(np.asarray(table["xcentroid"]), np.asarray(table["ycentroid"]))
         table.add_column(sky, name="sky_centroid", index=3)
         icrs = table["sky_centroid"].icrs
         table.add_column(icrs.ra.deg, name="ra", index=4)
         table.add_column(icrs.dec.deg, name="dec", index=5)
         table["ra"].unit = table["dec"].unit = u.deg
-    table.sort("segment_flux", reverse=True)
-    if len(table) > max_sources:
-        log.info("Keeping the %d brightest of %d sources in %s", max_sources, len(table), source.label)
-        table = table[: int(max_sources)]
-    table.meta.update({"source": source.label, "hdu": source.hdu, "cube": source.cube, "nsigma": nsigma,
-                       "npixels": int(npixels), "fwhm": fwhm, "background": method,
-                       "detected": int(segments.n_labels), "downsample": factor})
-    return table

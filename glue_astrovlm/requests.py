@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .cutout_types import OUTSIDE_MODES, Cutout
+from .detect import DETECT_MAX_PIXELS
 from .errors import AstroVLMError
 from .stretch import DEFAULT_STRETCH, Stretch
 
@@ -53,6 +54,9 @@ class Detection:
         FWHM in pixels of the smoothing kernel.
     within : tuple of float, optional
         Keep only sources inside ``(x_min, x_max, y_min, y_max)`` pixels (e.g. a viewer's view).
+    max_pixels : int
+        Larger images are detected on a block-averaged map (positions stay full-resolution pixels),
+        so that detection runs in bounded memory.
     """
 
     nsigma: float = 5.0
@@ -60,6 +64,7 @@ class Detection:
     npixels: int = 10
     fwhm: float = 3.0
     within: tuple | None = None
+    max_pixels: int = DETECT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -197,7 +202,7 @@ def _detections(source, detection: Detection):
 
     limit = 10_000 if detection.within is not None else detection.max_sources
     table = detect_sources(source, nsigma=detection.nsigma, npixels=detection.npixels, fwhm=detection.fwhm,
-                           max_sources=limit)
+                           max_sources=limit, max_pixels=detection.max_pixels)
     if detection.within is not None:
         x_min, x_max, y_min, y_max = detection.within
         inside = ((table["xcentroid"] >= x_min) & (table["xcentroid"] <= x_max)
@@ -210,7 +215,10 @@ def _detections(source, detection: Detection):
     keep = [name for name in ("id", "xcentroid", "ycentroid", "ra", "dec") if name in table.colnames]
     table = table[keep]
     table["id"] = [str(v) for v in table["id"]]
-    log.info("Detected %d sources on %s", len(table), source.label)
+    blocks = int(table.meta.get("downsample", 1) or 1)
+    log.info("Detected %d sources on %s%s", len(table), source.label,
+             f" on a map averaged over {blocks} x {blocks} pixel blocks (positions are full-resolution pixels)"
+             if blocks > 1 else "")
     return table
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import re
 
 from ..cutout_types import OUTSIDE_MODES
+from ..detect import DETECT_MAX_PIXELS
 from ..errors import AstroVLMError
 from ..models.image_tokens import TILING_CHOICES
 from ..requests import DEFAULT_SIZE
@@ -119,12 +120,16 @@ def _add_what_to_send(parser) -> None:
     detect = parser.add_argument_group("detection (--detect)")
     detect.add_argument("--nsigma", type=positive_float, default=5.0, help="threshold in sigma (default 5)")
     detect.add_argument("--max-sources", type=positive_int, default=500, help="at most this many sources")
+    detect.add_argument("--detect-max-pixels", type=positive_int, default=DETECT_MAX_PIXELS, metavar="N",
+                        help="larger images are detected on a block-averaged map, in bounded memory "
+                             f"(default {DETECT_MAX_PIXELS})")
 
 
 def _add_cube_and_stretch(parser) -> None:
     cube = parser.add_argument_group("cubes (3-D data)")
     planes = cube.add_mutually_exclusive_group()
-    planes.add_argument("--slice", type=non_negative_int, metavar="N", help="use spectral channel N")
+    planes.add_argument("--slice", type=non_negative_int, metavar="N",
+                        help="use channel N (channel numbers work without a spectral WCS; km/s ranges need one)")
     planes.add_argument("--sum", metavar="A:B", help="sum channels A..B-1, or a spectral range like -2:5km/s")
     planes.add_argument("--mean", metavar="A:B", help="mean over channels or a spectral range")
     planes.add_argument("--moment0", metavar="A:B", help="moment-0 (integrated intensity) over channels or a range")

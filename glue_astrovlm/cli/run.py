@@ -101,7 +101,8 @@ def _send(args) -> dict:
     if args.pixel:
         return {"send": "position", "position": tuple(args.pixel)}
     if args.detect:
-        return {"send": "detect", "detection": Detection(nsigma=args.nsigma, max_sources=args.max_sources)}
+        return {"send": "detect", "detection": Detection(nsigma=args.nsigma, max_sources=args.max_sources,
+                                                         max_pixels=args.detect_max_pixels)}
     if args.size is not None:
         log.info("--size applies to positions, catalogues, detections and region points; sending the whole image")
     return {"send": "image"}
