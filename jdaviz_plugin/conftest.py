@@ -10,6 +10,7 @@ _spec = importlib.util.spec_from_file_location("_astrovlm_shared_fixtures",
 _shared = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_shared)
 
+isolated_config = _shared.isolated_config
 shared_data = _shared.shared_data
 fits_dir = _shared.fits_dir
 tiny_smolvlm_dir = _shared.tiny_smolvlm_dir

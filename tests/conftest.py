@@ -8,6 +8,20 @@ import pytest
 SHARED = Path(os.environ.get("ASTROVLM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_config(tmp_path_factory):
+    """No test reads or writes the user's real configuration (the recent-models list): every test, and
+    every process a test starts, uses a configuration folder of its own."""
+    folder = tmp_path_factory.mktemp("astrovlm-config")
+    previous = os.environ.get("ASTROVLM_CONFIG_DIR")
+    os.environ["ASTROVLM_CONFIG_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("ASTROVLM_CONFIG_DIR", None)
+    else:
+        os.environ["ASTROVLM_CONFIG_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real astronomical data (../shared/data, or $ASTROVLM_SHARED_DATA)."""

@@ -70,3 +70,12 @@ def test_a_request_naming_a_model_switches_to_it_and_errors_keep_history(tiny_sm
     worker = threading.Thread(target=session.cancel)  # cancel from another thread is harmless
     worker.start()
     worker.join()
+
+
+def test_tests_never_touch_the_users_configuration(isolated_config):
+    from pathlib import Path
+
+    from glue_astrovlm.session import _config_file
+
+    assert Path(_config_file()).is_relative_to(isolated_config)
+    assert not Path(_config_file()).is_relative_to(Path.home() / ".config")

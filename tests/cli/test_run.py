@@ -136,3 +136,15 @@ def test_console_script_is_installed():
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "glue_astrovlm.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "astrovlm" in result.stdout
+
+
+def test_a_normal_run_prints_only_the_projects_own_output(fits_dir, tiny_smolvlm_dir, tmp_path):
+    command = [sys.executable, "-m", "glue_astrovlm.cli", "classify", str(fits_dir / "HorseHead.fits"), "--pixel",
+               "300", "300", "--size", "32", "--labels", "a", "b", "--model", str(tiny_smolvlm_dir), "--dtype",
+               "float32", "--out", str(tmp_path / "quiet")]
+    quiet = subprocess.run(command, capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert [line.split()[0] for line in quiet.stderr.splitlines()] == ["wrote", "wrote"], quiet.stderr
+    assert len(quiet.stdout.splitlines()) == 1
+    loud = subprocess.run(command + ["--overwrite", "-v"], capture_output=True, text=True)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr and "INFO glue_astrovlm" in loud.stderr
