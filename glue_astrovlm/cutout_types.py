@@ -93,16 +93,19 @@ class Cutout:
     def is_rgb(self) -> bool:
         return self.data.ndim == 3
 
+    def stretch_text(self) -> str:
+        """What was done to the pixels, as results record it (``'zscale(contrast=0.25)+linear'``,
+        ``'as displayed, rgb joint'``)."""
+        return self.stretch.describe(rgb=self.is_rgb)
+
     def with_stretch(self, stretch: Stretch) -> "Cutout":
         """The same cutout scaled another way."""
         return replace(self, stretch=stretch)
 
     def scaled(self) -> np.ndarray:
         """Display levels in [0, 1], shape ``(ny, nx, 3)``, row 0 at the top (as shown on screen)."""
-        if self.is_rgb:
-            # one stretch per band, with each band's own limits (as make_lupton_rgb users expect)
-            bands = [self.stretch.apply(band) for band in self.data]
-            rgb = np.stack(bands, axis=-1)
+        if self.is_rgb:  # one interval for the three bands, colour ratios kept (unless rgb='per-band')
+            rgb = np.moveaxis(self.stretch.apply_rgb(self.data), 0, -1)
         else:
             level = self.stretch.apply(self.data)
             rgb = np.repeat(level[..., None], 3, axis=-1)

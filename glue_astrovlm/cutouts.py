@@ -25,19 +25,13 @@ from .catalogs import read_table, row_ids, table_positions
 from .errors import AstroVLMError, no_wcs_error
 from .limits import check_memory
 from .sources import ImageSource, rgb_composite
-from .stretch import DEFAULT_STRETCH, Stretch
+from .stretch import Stretch, stretch_for
 
 # rgb_composite lives with the other sources and is re-exported here, beside the cutouts it feeds
 __all__ = ["cutout_at", "cutouts_from_regions", "cutout_from_mask", "cutout_of_bounds", "cutouts_from_catalog",
            "whole_image", "rgb_composite", "OUTSIDE_MODES"]
 
 log = logging.getLogger(__name__)
-
-
-def _check_stretch(stretch) -> Stretch:
-    if not isinstance(stretch, Stretch):
-        raise AstroVLMError(f"stretch must be a glue_astrovlm.Stretch, got {type(stretch).__name__}.")
-    return stretch
 
 
 def _describe_position(position) -> str:
@@ -167,7 +161,7 @@ def _provenance(source: ImageSource, bbox, x: float, y: float, sky, source_id: s
                       region=region, parent_wcs=source.celestial_wcs, extra=dict(extra or {}))
 
 
-def cutout_at(source, position, size, *, stretch: Stretch = DEFAULT_STRETCH, source_id: str | None = None,
+def cutout_at(source, position, size, *, stretch: Stretch | None = None, source_id: str | None = None,
               cube: dict | None = None) -> Cutout:
     """One cutout centred on a position.
 
@@ -180,7 +174,8 @@ def cutout_at(source, position, size, *, stretch: Stretch = DEFAULT_STRETCH, sou
     size : int, tuple of int, or `~astropy.units.Quantity`
         Side in pixels, ``(ny, nx)`` in pixels, or an angle (e.g. ``2 * u.arcmin``, needs a WCS).
     stretch : Stretch, optional
-        How values become display levels (default zscale, contrast 0.25, linear).
+        How values become display levels; by default zscale (contrast 0.25) and linear for data, and
+        the pixels as they are for a rendered picture (`glue_astrovlm.stretch.stretch_for`).
     source_id : str, optional
         Identifier for the result; by default the position as text.
     cube : dict, optional
@@ -200,8 +195,8 @@ def cutout_at(source, position, size, *, stretch: Stretch = DEFAULT_STRETCH, sou
     """
     from astropy.coordinates import SkyCoord
 
-    stretch = _check_stretch(stretch)
     source = as_2d_source(source, cube)
+    stretch = stretch_for(source, stretch)
     x, y, sky = _pixel_position(source, position)
     on_sky = isinstance(position, SkyCoord)
     where = _describe_position(position if on_sky else (x, y))
@@ -333,7 +328,7 @@ def _region_cutout(source: ImageSource, index: int, region, outside: str, paddin
 
 
 def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: float = 0.1,
-                         stretch: Stretch = DEFAULT_STRETCH, cube: dict | None = None,
+                         stretch: Stretch | None = None, cube: dict | None = None,
                          point_size=None) -> list[Cutout]:
     """One cutout per region: its bounding box plus padding, with the region as the cutout's mask.
 
@@ -348,7 +343,7 @@ def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: flo
     padding : float, optional
         Margin added on each side, as a fraction of the region's bounding-box width and height.
     stretch : Stretch, optional
-        How values become display levels.
+        How values become display levels (by default as in `cutout_at`).
     cube : dict, optional
         For a cube: arguments of :func:`~glue_astrovlm.cubes.reduce_cube`.
     point_size : int, tuple or Quantity, optional
@@ -368,12 +363,12 @@ def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: flo
         Sky regions without a celestial WCS, a region entirely outside the image (with the image's
         extent), a region covering only NaN pixels, or no region left to send.
     """
-    stretch = _check_stretch(stretch)
     if outside not in OUTSIDE_MODES:
         raise AstroVLMError(f"outside must be one of {', '.join(OUTSIDE_MODES)}, got {outside!r}.")
     if not (isinstance(padding, (int, float)) and padding >= 0):
         raise AstroVLMError(f"padding is a fraction of the region size (e.g. 0.1), got {padding!r}.")
     source = as_2d_source(source, cube)
+    stretch = stretch_for(source, stretch)
     shapes = _read_regions(regions)
     if not shapes:
         raise AstroVLMError("No regions given; draw or load at least one region.")
@@ -387,7 +382,7 @@ def cutouts_from_regions(source, regions, *, outside: str = "keep", padding: flo
 
 
 def cutout_from_mask(source, mask, *, outside: str = "keep", padding: float = 0.1,
-                     stretch: Stretch = DEFAULT_STRETCH, cube: dict | None = None, source_id: str = "mask") -> Cutout:
+                     stretch: Stretch | None = None, cube: dict | None = None, source_id: str = "mask") -> Cutout:
     """The cutout of the pixels a boolean mask selects (e.g. a glue subset on pixel values).
 
     Parameters
@@ -420,7 +415,7 @@ def cutout_from_mask(source, mask, *, outside: str = "keep", padding: float = 0.
     return replace(cutout, mask=sub_mask, outside=outside, provenance=provenance)
 
 
-def cutout_of_bounds(source, bounds, *, stretch: Stretch = DEFAULT_STRETCH, cube: dict | None = None,
+def cutout_of_bounds(source, bounds, *, stretch: Stretch | None = None, cube: dict | None = None,
                      source_id: str = "view") -> Cutout:
     """The part of an image inside pixel limits ``(x_min, x_max, y_min, y_max)``, e.g. what a viewer shows.
 
@@ -445,7 +440,7 @@ def _id_list(ids: Sequence[str], limit: int = 20) -> str:
 
 def cutouts_from_catalog(source, table, *, size, ra_col: str | None = None, dec_col: str | None = None,
                          x_col: str | None = None, y_col: str | None = None, id_col: str | None = None,
-                         skip_outside: bool = False, stretch: Stretch = DEFAULT_STRETCH,
+                         skip_outside: bool = False, stretch: Stretch | None = None,
                          cube: dict | None = None, limit: int | None = None) -> list[Cutout]:
     """One cutout per catalogue row, centred on the row's position.
 
@@ -469,7 +464,7 @@ def cutouts_from_catalog(source, table, *, size, ra_col: str | None = None, dec_
         their ids. If `True`, those rows are left out of the result and a warning naming them is
         logged; compare ``provenance.source_id`` or ``provenance.extra['row']`` to see which remain.
     stretch : Stretch, optional
-        How values become display levels.
+        How values become display levels (by default as in `cutout_at`).
     cube : dict, optional
         For a cube: arguments of :func:`~glue_astrovlm.cubes.reduce_cube`.
     limit : int, optional
@@ -487,8 +482,8 @@ def cutouts_from_catalog(source, table, *, size, ra_col: str | None = None, dec_
     ``ra``/``dec``, ``RAJ2000``/``DEJ2000`` or ``GLON``/``GLAT`` pair is used when the image has a
     celestial WCS; otherwise ``x``/``y``, ``xcentroid``/``ycentroid`` and similar pixel columns.
     """
-    stretch = _check_stretch(stretch)
     source = as_2d_source(source, cube)
+    stretch = stretch_for(source, stretch)
     table = read_table(table)
     if len(table) == 0:
         raise AstroVLMError("The catalogue has no rows.")
@@ -593,7 +588,7 @@ def _block_wcs(wcs, factor: int, shape: tuple[int, int]):
     return blocked if np.all(np.hypot(px - x, py - y) < 0.1) else None
 
 
-def whole_image(source, *, max_size: int = 2048, stretch: Stretch = DEFAULT_STRETCH,
+def whole_image(source, *, max_size: int = 2048, stretch: Stretch | None = None,
                 cube: dict | None = None) -> Cutout:
     """The whole image as one cutout, block-averaged when it is larger than ``max_size``.
 
@@ -605,7 +600,7 @@ def whole_image(source, *, max_size: int = 2048, stretch: Stretch = DEFAULT_STRE
         Largest side in pixels sent on; bigger images are averaged over ``f x f`` blocks (NaN
         ignored) with the smallest integer ``f`` that fits. Default 2048.
     stretch : Stretch, optional
-        How values become display levels.
+        How values become display levels (by default as in `cutout_at`).
     cube : dict, optional
         For a cube: arguments of :func:`~glue_astrovlm.cubes.reduce_cube`.
 
@@ -616,10 +611,10 @@ def whole_image(source, *, max_size: int = 2048, stretch: Stretch = DEFAULT_STRE
         ``provenance.extra['downsample']`` the block factor ``f`` (1 when not reduced). The cutout's
         WCS follows the blocks when the parent's WCS can be resampled.
     """
-    stretch = _check_stretch(stretch)
     if int(max_size) < 1:
         raise AstroVLMError(f"max_size must be at least 1 pixel, got {max_size}.")
     source = as_2d_source(source, cube)
+    stretch = stretch_for(source, stretch)
     ny, nx = source.image_shape
     factor = max(1, -(-max(ny, nx) // int(max_size)))
     check_memory((ny if factor == 1 else min(ny, factor), nx), bands=3 if source.is_rgb else 1, copies=6,

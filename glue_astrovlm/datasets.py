@@ -31,7 +31,7 @@ from .catalogs import (CAPTION_COLUMNS, FILE_COLUMNS, LABEL_COLUMNS, PIXEL_COLUM
                        find_pair, read_table)
 from .errors import AstroVLMError
 from .labelsets import LabelSet
-from .stretch import DEFAULT_STRETCH, Stretch
+from .stretch import Stretch
 
 __all__ = ["ImageItem", "ImageDataset", "load_dataset", "load_image_folders", "load_image_table",
            "load_fits_catalog", "load_llava_json", "load_captions", "IMAGE_SUFFIXES", "DATASET_KINDS"]
@@ -91,13 +91,14 @@ class ImageItem:
     hdu: int | str | None = None
     item_id: str = ""
 
-    def cutout(self, stretch: Stretch = DEFAULT_STRETCH, crop: float = 1.0):
+    def cutout(self, stretch: Stretch | None = None, crop: float = 1.0):
         """The `~glue_astrovlm.Cutout` a model sees for this item.
 
         Parameters
         ----------
-        stretch : Stretch
-            How pixel values become display levels (default zscale, contrast 0.25, linear).
+        stretch : Stretch, optional
+            How pixel values become display levels; by default zscale (contrast 0.25) and linear for
+            data, and the pixels as they are for rendered pictures (PNG, JPEG).
         crop : float
             Fraction of the image (or of the cutout size) kept around the centre, in (0, 1]. FIRST
             images put a small source in the middle of a 300-pixel field: ``crop=0.5`` keeps the

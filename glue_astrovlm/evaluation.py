@@ -37,7 +37,7 @@ from .errors import AstroVLMError
 from .labelsets import LabelSet
 from .metrics import ClassificationMetrics, compute_metrics
 from .results import Result, atomic_write, probability_columns
-from .stretch import DEFAULT_STRETCH, Stretch
+from .stretch import Stretch
 
 __all__ = ["System", "SystemResult", "EvaluationReport", "evaluate", "classify_cutouts", "REPORT_FORMATS"]
 
@@ -101,7 +101,8 @@ class SystemResult:
 
     def summary(self) -> dict:
         m = self.metrics
-        return {"accuracy": m.accuracy, "accuracy_ci95": list(m.accuracy_ci), "macro_f1": m.macro["f1"],
+        return {"accuracy": m.accuracy, "accuracy_ci95": list(m.accuracy_ci), "balanced_accuracy": m.balanced_accuracy,
+                "majority_baseline": m.majority_baseline, "macro_f1": m.macro["f1"],
                 "weighted_f1": m.weighted["f1"], "ece": m.ece}
 
 
@@ -112,8 +113,9 @@ class EvaluationReport:
     dataset: object
     label_set: LabelSet
     systems: list[SystemResult]
-    stretch: Stretch = DEFAULT_STRETCH
+    stretch: Stretch | None = None
     crop: float = 1.0
+    stretch_text: str = ""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def __getitem__(self, name: str) -> SystemResult:
@@ -158,7 +160,7 @@ class EvaluationReport:
             table[name].unit = "deg"
         table.meta.update({"generator": "glue-astrovlm eval", "labels": list(labels),
                            "probability_columns": columns,
-                           "prompt_hash": self.label_set.prompt_hash(), "stretch": self.stretch.describe(),
+                           "prompt_hash": self.label_set.prompt_hash(), "stretch": self.stretch_text,
                            "crop": self.crop})
         return table
 
@@ -174,7 +176,7 @@ class EvaluationReport:
                            "label_set": {"name": self.label_set.name, "labels": list(self.label_set.labels),
                                          "prompt": self.label_set.prompt(),
                                          "prompt_hash": self.label_set.prompt_hash()},
-                           "stretch": self.stretch.describe(), "crop": self.crop, "systems": systems})
+                           "stretch": self.stretch_text, "crop": self.crop, "systems": systems})
 
     # ------------------------------------------------------------------ writing
     def write(self, out_dir, *, format: str = "md", overwrite: bool = False, plots: bool = True) -> list[Path]:
@@ -285,7 +287,7 @@ class EvaluationReport:
                  + (f", a random {data['limit']} with seed {data['seed']}" if "limit" in data else "") + ").")
         doc.para("Images per class: " + ", ".join(f"{k} {v}" for k, v in data["class_counts"].items()) + ".")
         doc.para(f"Label set: {self.label_set.name} ({', '.join(labels)}), prompt hash "
-                 f"{self.label_set.prompt_hash()}. Stretch {self.stretch.describe()}, central crop {self.crop:g}. "
+                 f"{self.label_set.prompt_hash()}. Stretch {self.stretch_text}, central crop {self.crop:g}. "
                  f"Every image is scored; none is skipped. Generated {self.created} by glue-astrovlm.")
         doc.heading(2, "Summary")
         rows = []
@@ -293,11 +295,15 @@ class EvaluationReport:
             m = system.metrics
             rows.append([system.name, system.model + (f" + {system.adapter}" if system.adapter else ""),
                          f"{m.accuracy:.3f} [{m.accuracy_ci[0]:.3f}, {m.accuracy_ci[1]:.3f}]",
-                         f"{m.macro['f1']:.3f}", f"{m.weighted['f1']:.3f}", f"{m.ece:.3f}",
-                         f"{len(system.results) / max(system.seconds, 1e-9):.2f}"])
-        doc.table(["system", "model", "accuracy [95% CI]", "macro F1", "weighted F1", "ECE", "images/s"], rows)
-        doc.para(f"Chance accuracy for {len(labels)} balanced classes is {1 / len(labels):.3f}. The interval is a "
-                 "percentile bootstrap over images.")
+                         f"{m.balanced_accuracy:.3f}", f"{m.macro['f1']:.3f}", f"{m.weighted['f1']:.3f}",
+                         f"{m.ece:.3f}", f"{len(system.results) / max(system.seconds, 1e-9):.2f}"])
+        doc.table(["system", "model", "accuracy [95% CI]", "balanced accuracy", "macro F1", "weighted F1", "ECE",
+                   "images/s"], rows)
+        m = self.systems[0].metrics
+        doc.para(f"Baselines: always answering the most frequent class ({m.majority_class}) scores an accuracy of "
+                 f"{m.majority_baseline:.3f} on these images; chance for {len(labels)} balanced classes is "
+                 f"{m.chance:.3f}, and the balanced accuracy of guessing is {m.chance:.3f} whatever the class "
+                 "sizes. The interval is a percentile bootstrap over images.")
         doc.heading(2, "Per class")
         rows = []
         for label in labels:
@@ -392,7 +398,7 @@ def _json_safe(value):
 
 
 # ----------------------------------------------------------------------------- the run
-def evaluate(systems, dataset, label_set: LabelSet | None = None, *, stretch: Stretch = DEFAULT_STRETCH,
+def evaluate(systems, dataset, label_set: LabelSet | None = None, *, stretch: Stretch | None = None,
              crop: float = 1.0, limit: int | None = None, seed: int = 0, show_progress: bool = False,
              n_boot: int = 2000) -> EvaluationReport:
     """Classify every image of ``dataset`` with each system and measure it.
@@ -405,8 +411,9 @@ def evaluate(systems, dataset, label_set: LabelSet | None = None, *, stretch: St
         Classification data (see `glue_astrovlm.datasets`).
     label_set : LabelSet, optional
         The labels to score; by default the data's own labels. Every label in the data must be in it.
-    stretch : Stretch
-        How pixels become the model image (default zscale, contrast 0.25, linear).
+    stretch : Stretch, optional
+        How pixels become the model image; by default zscale (contrast 0.25) and linear for data, and
+        the pixels as they are for rendered pictures (PNG, JPEG).
     crop : float
         Central fraction of each image kept (as in fine-tuning).
     limit : int, optional
@@ -454,7 +461,8 @@ def evaluate(systems, dataset, label_set: LabelSet | None = None, *, stretch: St
         model = getattr(system.vlm, "name", "")
         done.append(SystemResult(system.name, model, adapter, results, metrics, seconds))
         log.info("%s: accuracy %.3f on %d images in %.1f s", system.name, metrics.accuracy, len(results), seconds)
-    return EvaluationReport(dataset, label_set, done, stretch, crop)
+    applied = "; ".join(sorted({cutout.stretch_text() for cutout in cutouts}))
+    return EvaluationReport(dataset, label_set, done, stretch, crop, applied)
 
 
 def _system_name(vlm) -> str:

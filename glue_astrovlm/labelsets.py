@@ -19,14 +19,15 @@ from __future__ import annotations
 import hashlib
 import numbers
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import AstroVLMError
 
-__all__ = ["LabelSet", "list_presets", "load_preset", "resolve_labels", "classification_prompt"]
+__all__ = ["SUGGESTED", "CUSTOM", "suggest_preset", "menu_choices", "label_set_for", "LabelSet", "list_presets", "load_preset", "resolve_labels",
+           "classification_prompt"]
 
 DEFAULT_QUESTION = "Which of these classes best describes the object at the centre of this image?"
 
@@ -79,6 +80,11 @@ class LabelSet:
         Preset name, or ``'custom'``.
     title : str
         Human-readable title for listings.
+    data : str
+        What data the label set is for, as `suggest_preset` reads it: ``'radio'`` (radio continuum,
+        Jy/beam), ``'optical colour'`` (colour survey images), ``'optical'``; '' for any.
+    why : str
+        Why this label set was chosen, when it was suggested rather than asked for; results record it.
     """
 
     labels: tuple[str, ...]
@@ -86,6 +92,8 @@ class LabelSet:
     question: str = DEFAULT_QUESTION
     name: str = "custom"
     title: str = ""
+    data: str = ""
+    why: str = ""
 
     def __post_init__(self):
         labels = tuple(_label_text(label) for label in self.labels)
@@ -130,6 +138,10 @@ class LabelSet:
         """The text sent with each image: the question, the options with descriptions, the answer format."""
         return classification_prompt(self.question, self.labels, self.descriptions)
 
+    def describe(self) -> str:
+        """What results record as the label set: its name, and why it was chosen when it was suggested."""
+        return f"{self.name} ({self.why})" if self.why else self.name
+
     def prompt_hash(self) -> str:
         """Short SHA-256 of the prompt, stored with every result so that runs can be compared."""
         return hashlib.sha256(self.prompt().encode()).hexdigest()[:12]
@@ -137,8 +149,8 @@ class LabelSet:
     def permuted(self, order: Iterable[int]) -> "LabelSet":
         """The same labels in another order (used to check that scores do not depend on order)."""
         order = list(order)
-        return LabelSet(tuple(self.labels[i] for i in order), tuple(self.descriptions[i] for i in order),
-                        self.question, self.name, self.title)
+        return replace(self, labels=tuple(self.labels[i] for i in order),
+                       descriptions=tuple(self.descriptions[i] for i in order))
 
     @classmethod
     def from_mapping(cls, data: Mapping, name: str = "custom", *, origin: str | None = None) -> "LabelSet":
@@ -148,7 +160,7 @@ class LabelSet:
         ----------
         data : mapping
             ``labels`` (a list of names, of ``{name, description}`` tables, or a table of name to
-            description) and optionally ``question``, ``name`` and ``title``.
+            description) and optionally ``question``, ``name``, ``title`` and ``data``.
         name : str, optional
             Name of the label set when ``data`` has none.
         origin : str, optional
@@ -202,7 +214,7 @@ class LabelSet:
         question = data.get("question", DEFAULT_QUESTION)
         try:
             return cls(tuple(labels), tuple(descriptions), question, str(data.get("name", name)),
-                       str(data.get("title", "")))
+                       str(data.get("title", "")), str(data.get("data", "")))
         except AstroVLMError as error:
             if not where:
                 raise
@@ -321,5 +333,50 @@ def resolve_labels(labels=None, preset: str | None = None, question: str | None 
         raise AstroVLMError(f"Labels must be a list of at least two names, a dict of name to description or "
                             f"a label file, got {labels!r}.")
     if question:
-        result = LabelSet(result.labels, result.descriptions, question, result.name, result.title)
+        result = replace(result, question=question)
     return result
+
+
+#: The first item of the panels' label-set menus: the preset `suggest_preset` picks for the data.
+SUGGESTED = "Suggested for the data"
+#: The last item of the panels' label-set menus: labels typed by the user, separated by commas.
+CUSTOM = "Custom labels"
+
+
+def menu_choices() -> list[str]:
+    """The label-set menu of the glue and jdaviz panels: suggested, every preset, custom."""
+    return [SUGGESTED] + [preset.name for preset in list_presets()] + [CUSTOM]
+
+
+def label_set_for(choice: str, custom: str = "", source=None) -> LabelSet:
+    """The label set a panel's menu names: `SUGGESTED` for the data in ``source``, a preset, or `CUSTOM`
+    (``custom`` holds the labels, separated by commas)."""
+    if choice == SUGGESTED:
+        suggested = suggest_preset(source)
+        if suggested is None:
+            name = getattr(source, "label", "these data")
+            raise AstroVLMError(f"Nothing in {name} says which label set fits (no radio units, not a colour "
+                                "image): choose a label set, or type your own labels.")
+        return suggested
+    if choice == CUSTOM:
+        return resolve_labels([part.strip() for part in custom.split(",") if part.strip()])
+    return resolve_labels(preset=choice)
+
+
+def suggest_preset(source) -> LabelSet | None:
+    """A shipped label set that fits what the data say, with the reason in its ``why``; `None` when the
+    data say nothing (then ask: a label set that has nothing to do with the data is worse than none).
+
+    Radio units (Jy/beam) suggest the radio presets, a colour picture or composite the optical colour
+    ones. ``source`` is an `~glue_astrovlm.ImageSource` (anything with ``unit`` and ``is_rgb``).
+    """
+    unit = str(getattr(source, "unit", None) or "")
+    compact = unit.replace(" ", "").lower()
+    if "beam" in compact or compact.startswith(("jy", "mjy", "ujy", "µjy")):
+        kind, why = "radio", f"suggested because the data are in {unit}"
+    elif getattr(source, "is_rgb", False):
+        kind, why = "optical colour", "suggested because the image is in colour"
+    else:
+        return None
+    preset = next((p for p in list_presets() if p.data == kind), None)
+    return replace(preset, why=why) if preset is not None else None

@@ -74,10 +74,16 @@ class ClassificationMetrics:
     confusion: np.ndarray
     ece: float
     reliability: list[dict] = field(default_factory=list)
+    balanced_accuracy: float = float("nan")
+    majority_baseline: float = float("nan")
+    majority_class: str = ""
+    chance: float = float("nan")
 
     def to_dict(self) -> dict:
         return {"labels": self.labels, "n": self.n, "accuracy": self.accuracy,
-                "accuracy_ci95": list(self.accuracy_ci), "per_class": self.per_class, "macro": self.macro,
+                "accuracy_ci95": list(self.accuracy_ci), "balanced_accuracy": self.balanced_accuracy,
+                "majority_baseline": self.majority_baseline, "majority_class": self.majority_class,
+                "chance": self.chance, "per_class": self.per_class, "macro": self.macro,
                 "weighted": self.weighted, "confusion": self.confusion.tolist(), "ece": self.ece,
                 "reliability": self.reliability}
 
@@ -85,6 +91,12 @@ class ClassificationMetrics:
 def compute_metrics(true: Sequence[str], probabilities: np.ndarray, labels: Sequence[str], *,
                     n_bins: int = 10, n_boot: int = 2000, seed: int = 0) -> ClassificationMetrics:
     """Metrics of a classification run.
+
+    Besides accuracy (with a bootstrap interval), per-class and macro/weighted precision, recall and F1,
+    the confusion matrix and calibration (ECE), it gives the baselines that accuracy must beat:
+    ``chance`` (1/K, for balanced classes), ``majority_baseline`` (always answering the most frequent
+    true class, the bar that matters on imbalanced data) and ``balanced_accuracy`` (the mean recall over
+    the classes present).
 
     Parameters
     ----------
@@ -126,7 +138,11 @@ def compute_metrics(true: Sequence[str], probabilities: np.ndarray, labels: Sequ
     weighted = {key: float(sum(per_class[l][key] * s for l, s in zip(labels, support)) / support.sum())
                 for key in ("precision", "recall", "f1")}
     confidence = probabilities.max(axis=1)
+    counts = {label: sum(1 for t in true if t == label) for label in labels}
+    majority = max(labels, key=lambda label: counts[label])
     return ClassificationMetrics(labels=labels, n=len(true), accuracy=float(correct.mean()),
+                                 balanced_accuracy=macro["recall"], majority_baseline=counts[majority] / len(true),
+                                 majority_class=majority, chance=1.0 / len(labels),
                                  accuracy_ci=bootstrap_accuracy(correct, n_boot, seed=seed), per_class=per_class,
                                  macro=macro, weighted=weighted, confusion=matrix,
                                  ece=expected_calibration_error(confidence, correct, n_bins),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import AstroVLMError
@@ -52,12 +52,17 @@ def recorded_label_set(record: dict | None) -> LabelSet | None:
                     data.get("question") or LabelSet(("a", "b")).question, data.get("name", "custom"))
 
 
-def recorded_stretch(record: dict | None, **overrides) -> Stretch:
-    """The stretch a fine-tuned adapter or model was trained with; options given (not `None`) win."""
+def recorded_stretch(record: dict | None, **overrides) -> Stretch | None:
+    """The stretch a fine-tuned adapter or model was trained with; options given (not `None`) win.
+
+    `None` when neither the record nor the options say anything: data then get the default stretch
+    and rendered pictures go as they are (`glue_astrovlm.stretch.stretch_for`).
+    """
     settings = dict((record or {}).get("stretch") or {})
     settings.update({name: value for name, value in overrides.items() if value is not None})
-    known = ("interval", "stretch", "contrast", "percentile", "a")
-    return Stretch(**{name: value for name, value in settings.items() if name in known})
+    known = ("interval", "stretch", "contrast", "percentile", "a", "rgb")
+    settings = {name: value for name, value in settings.items() if name in known}
+    return Stretch(**settings) if settings else None
 
 
 def recorded_crop(record: dict | None, crop: float | None = None) -> float:
@@ -112,10 +117,11 @@ def finetune_records(places) -> list[tuple[str, str, dict]]:
 
 @dataclass(frozen=True)
 class EvaluationSetup:
-    """The label set, stretch and crop to evaluate with, reconciled with what fine-tuning recorded."""
+    """The label set, stretch (`None`: automatic) and crop to evaluate with, reconciled with what
+    fine-tuning recorded."""
 
     label_set: LabelSet
-    stretch: Stretch
+    stretch: Stretch | None
     crop: float
     recorded_by: str | None = None
 
@@ -148,12 +154,13 @@ def evaluation_setup(records, dataset, *, labels: LabelSet | None = None, questi
         trained = next((recorded_label_set(r) for _, _, r in records if recorded_label_set(r)), None)
         labels = dataset.label_set(trained)
         if question:
-            labels = LabelSet(labels.labels, labels.descriptions, question, labels.name, labels.title)
+            labels = replace(labels, question=question)
     for path, kind, _ in records:
         check_label_set(labels, path, kind)
     first = records[0] if records else (None, None, None)
     stretch = recorded_stretch(first[2], **(stretch_options or {}))
     used_crop = recorded_crop(first[2], crop)
     if first[0] is not None and crop is None:
-        log.info("Using the crop (%g) and stretch (%s) recorded in %s", used_crop, stretch.describe(), first[0])
+        log.info("Using the crop (%g) and stretch (%s) recorded in %s", used_crop,
+                 stretch.describe() if stretch else "automatic", first[0])
     return EvaluationSetup(labels, stretch, used_crop, first[0])

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from .cutout_types import OUTSIDE_MODES, Cutout
 from .detect import DETECT_MAX_PIXELS
 from .errors import AstroVLMError
-from .stretch import DEFAULT_STRETCH, Stretch
+from .stretch import Stretch, stretch_for
 
 __all__ = ["SEND_MODES", "TASKS", "DEFAULT_SIZE", "Detection", "Request", "CutoutSet", "make_cutouts"]
 
@@ -105,8 +105,9 @@ class Request:
         Largest side sent for ``send='image'``; bigger images are block-averaged.
     cube : dict, optional
         How a cube becomes an image: arguments of `glue_astrovlm.reduce_cube`.
-    stretch : Stretch
-        How values become the model's display levels.
+    stretch : Stretch, optional
+        How values become the model's display levels; by default `DEFAULT_STRETCH` for data and the
+        pixels as they are for a rendered picture (`glue_astrovlm.stretch.stretch_for`).
     task : {'classify', 'ask', 'describe'}
     labels, preset, question
         The label set (or preset name) and question of ``classify``; the question of ``ask``.
@@ -136,7 +137,7 @@ class Request:
     limit: int | None = None
     max_size: int = 2048
     cube: Mapping | None = None
-    stretch: Stretch = DEFAULT_STRETCH
+    stretch: Stretch | None = None
     task: str = "classify"
     labels: Any = None
     preset: str | None = None
@@ -154,7 +155,7 @@ class Request:
             raise AstroVLMError(f"Unknown task {self.task!r}; use one of {', '.join(TASKS)}.")
         if self.outside not in OUTSIDE_MODES:
             raise AstroVLMError(f"outside must be one of {', '.join(OUTSIDE_MODES)}, got {self.outside!r}.")
-        if not isinstance(self.stretch, Stretch):
+        if self.stretch is not None and not isinstance(self.stretch, Stretch):
             raise AstroVLMError(f"stretch must be a glue_astrovlm.Stretch, got {type(self.stretch).__name__}.")
         needed = _NEEDS.get(self.send)
         if needed is not None and getattr(self, needed) is None:
@@ -250,6 +251,7 @@ def make_cutouts(request: Request) -> CutoutSet:
     if request.image is None:
         raise AstroVLMError("The request names no image; load an image or give a file.")
     source = as_2d_source(request.image, dict(request.cube) if request.cube is not None else None)
+    request = request.replace(stretch=stretch_for(source, request.stretch))
     send, table = request.send, None
     if send == "image":
         cutouts = [cut.whole_image(source, max_size=request.max_size, stretch=request.stretch)]

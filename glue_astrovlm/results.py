@@ -71,6 +71,8 @@ class Result:
         The stretch the model saw, e.g. ``zscale(contrast=0.25)+linear``.
     image_tokens : int or None
         Number of image tokens the model spent on the cutout.
+    label_set : str
+        The label set a classification used (and why, when it was suggested for the data).
     time : str
         ISO 8601 UTC time of the result.
     """
@@ -88,6 +90,7 @@ class Result:
     stretch: str = ""
     image_tokens: int | None = None
     time: str = field(default_factory=_now)
+    label_set: str = ""
 
     def __repr__(self) -> str:
         where = f" {self.source_id!r}" if self.source_id else ""
@@ -128,6 +131,7 @@ class Result:
             "task": self.task,
             "label": self.label or "",
             "confidence": np.nan if self.confidence is None else float(self.confidence),
+            "label_set": self.label_set,
         }
         for label, probability in self.probabilities.items():
             row[columns[label]] = float(probability)
@@ -182,7 +186,7 @@ def results_to_table(results: Sequence[Result]):
     """An astropy `~astropy.table.Table` with one row per result.
 
     Columns: source_id, source, hdu, cube, x_pix, y_pix, ra, dec (deg, ICRS), bbox, task, label,
-    confidence, one ``p_<label>`` per label (`probability_columns`: distinct even for labels that
+    confidence, label_set, one ``p_<label>`` per label (`probability_columns`: distinct even for labels that
     differ only in punctuation; ``meta['probability_columns']`` maps each back to its exact label),
     answer, prompt_hash, model, adapter, stretch, image_tokens and time. Probability columns missing
     from a row (mixed label sets) are NaN.

@@ -59,6 +59,9 @@ class ImageSource:
     cube : str or None
         How a cube became this image (``'slice 12'``, ``'moment0 3:9 (...)'``), set by
         :func:`glue_astrovlm.cubes.reduce_cube`.
+    display : bool
+        `True` for a picture already rendered for display (an 8-bit PNG or JPEG): by default it goes
+        to the model as it is, not stretched (`glue_astrovlm.stretch.stretch_for`).
     """
 
     data: Any = field(repr=False)
@@ -68,6 +71,7 @@ class ImageSource:
     unit: str | None = None
     rgb: bool = False
     cube: str | None = None
+    display: bool = False
     _hdul: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
@@ -458,6 +462,7 @@ def _open_picture(path: Path) -> ImageSource:
                          what=f"Decoding the {width} x {height} pixel picture {path}",
                          shrink="convert it to FITS (read from disk only where cutouts need it) or scale "
                                 "it down")
+            display = picture.mode not in ("I", "I;16", "I;16B", "I;16L", "F")  # 8 bits a channel
             if picture.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
                 pixels = np.asarray(picture, dtype=np.float32)
             else:
@@ -473,8 +478,8 @@ def _open_picture(path: Path) -> ImageSource:
             pixels = pixels[..., 0]  # a greyscale picture saved as RGB
         else:
             pixels = np.ascontiguousarray(np.moveaxis(pixels, -1, 0)[:, ::-1])
-            return ImageSource(data=pixels, label=str(path), rgb=True)
-    return ImageSource(data=np.ascontiguousarray(pixels[::-1]), label=str(path))
+            return ImageSource(data=pixels, label=str(path), rgb=True, display=display)
+    return ImageSource(data=np.ascontiguousarray(pixels[::-1]), label=str(path), display=display)
 
 
 #: First bytes of the picture formats Pillow reads here (WebP also has "WEBP" at byte 8).
@@ -569,7 +574,7 @@ def open_image(path: str | os.PathLike, hdu: int | str | None = None) -> ImageSo
 
 
 def from_array(array, wcs=None, label: str = "array", unit: str | None = None,
-               rgb: bool = False) -> ImageSource:
+               rgb: bool = False, display: bool = False) -> ImageSource:
     """An `ImageSource` from a numpy array (row 0 at the bottom).
 
     Parameters
@@ -586,6 +591,8 @@ def from_array(array, wcs=None, label: str = "array", unit: str | None = None,
         Unit of the values (taken from a Quantity when not given).
     rgb : bool, optional
         `True` when a 3-D array holds R, G, B bands.
+    display : bool, optional
+        `True` when the values are display levels of a rendered picture (0-255), sent as they are.
 
     Raises
     ------
@@ -611,7 +618,7 @@ def from_array(array, wcs=None, label: str = "array", unit: str | None = None,
         array, wcs = _drop_degenerate_axes(array, wcs, label)
     if wcs is not None and len(array.shape) == 2 and not rgb:
         wcs = usable_celestial_wcs(wcs) if wcs.naxis == 2 else usable_celestial_wcs(wcs.celestial)
-    return ImageSource(data=array, wcs=wcs, label=label, unit=unit, rgb=rgb)
+    return ImageSource(data=array, wcs=wcs, label=label, unit=unit, rgb=rgb, display=display)
 
 
 def from_nddata(nddata, label: str = "nddata") -> ImageSource:

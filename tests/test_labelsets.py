@@ -140,3 +140,23 @@ def test_missing_and_unreadable_label_files(tmp_path):
     with pytest.raises(AstroVLMError, match=r"Could not read label file .*latin1.toml .*save it as UTF-8"):
         resolve_labels(latin1)
     assert Path(latin1).exists()
+
+
+def test_a_label_set_is_suggested_only_from_what_the_data_say(fits_dir, shared_data):
+    """Jy/beam suggests the radio presets, a colour picture the optical ones, anything else nothing
+    (the Horsehead Nebula must not be classified as a spiral because galaxy-zoo came first)."""
+    from glue_astrovlm import open_image
+    from glue_astrovlm.labelsets import CUSTOM, SUGGESTED, label_set_for, menu_choices, suggest_preset
+
+    radio = open_image(next((fits_dir / "first_mirabest").glob("*.fits")))
+    suggested = suggest_preset(radio)
+    assert suggested.name == "radio-morphology" and suggested.data == "radio"
+    assert suggested.describe() == f"radio-morphology (suggested because the data are in {radio.unit})"
+    colour = open_image(sorted((shared_data / "gz2_spiral" / "spirals").glob("*.jpg"))[0])
+    assert suggest_preset(colour).data == "optical colour"
+    horsehead = open_image(fits_dir / "HorseHead.fits")
+    assert suggest_preset(horsehead) is None
+    with pytest.raises(AstroVLMError, match="Nothing in .*HorseHead.fits says which label set fits"):
+        label_set_for(SUGGESTED, source=horsehead)
+    assert label_set_for("spiral").name == "spiral" and label_set_for(CUSTOM, "star, galaxy").labels == ("star", "galaxy")
+    assert menu_choices()[0] == SUGGESTED and menu_choices()[-1] == CUSTOM

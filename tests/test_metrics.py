@@ -36,3 +36,15 @@ def test_unknown_labels_and_empty_input_are_errors():
         confusion_matrix(["x"], ["a"], ["a", "b"])
     with pytest.raises(AstroVLMError, match="No images"):
         compute_metrics([], np.zeros((0, 2)), ["a", "b"])
+
+
+def test_baselines_for_imbalanced_classes():
+    """On imbalanced data the majority class, not 1/K, is the accuracy to beat (issue 11)."""
+    labels = ["spiral", "elliptical", "merger", "edge-on", "irregular", "other"]
+    true = ["spiral"] * 71 + ["elliptical"] * 20 + ["merger"] * 9
+    always_spiral = np.tile(np.eye(len(labels))[0], (len(true), 1))
+    m = compute_metrics(true, always_spiral, labels, n_boot=10)
+    assert m.accuracy == pytest.approx(0.71) and m.majority_baseline == pytest.approx(0.71)
+    assert m.majority_class == "spiral" and m.chance == pytest.approx(1 / 6)
+    assert m.balanced_accuracy == pytest.approx(1 / 3)  # recall 1, 0, 0 over the three classes present
+    assert m.to_dict()["majority_baseline"] == pytest.approx(0.71)

@@ -24,12 +24,16 @@ from .parser import build_parser
 __all__ = ["main", "build_parser"]
 
 
-def _quiet_libraries() -> None:
+_QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                      "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _quiet_libraries() -> dict:
     """A normal run prints the project's own progress and results only: the libraries' progress bars,
-    log chatter and deprecation warnings appear with -v."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log chatter and deprecation warnings appear with -v. Returns the environment to restore."""
+    previous = {name: os.environ.get(name) for name in _QUIET_ENVIRONMENT}
+    for name, value in _QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     if "transformers" in sys.modules:  # imported already (e.g. main() called from Python)
@@ -37,6 +41,16 @@ def _quiet_libraries() -> None:
 
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
+    return previous
+
+
+def _restore(environment: dict) -> None:
+    """Put back the environment `_quiet_libraries` changed (main() may run inside a longer process)."""
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _command_presets() -> int:
@@ -71,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        _quiet_libraries()
+    environment = {} if verbose else _quiet_libraries()
     try:
         if hasattr(args, "adapter") and getattr(args, "model", "") is None:
             from ..models.loading import DEFAULT_MODEL
@@ -86,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"astrovlm: error: {printable(error)}", file=sys.stderr)
         return 2
+    finally:
+        _restore(environment)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,7 +35,9 @@ def dataset_from_args(args):
 
 def stretch_options(args) -> dict:
     """The stretch settings given on the command line (`None`: not given)."""
-    return {name: getattr(args, name) for name in ("interval", "stretch", "contrast", "percentile")}
+    from .run import STRETCH_OPTIONS
+
+    return {name: getattr(args, name) for name in STRETCH_OPTIONS}
 
 
 def _check_out_dir(args) -> Path:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .evaluate import dataset_from_args
+from ..stretch import DEFAULT_STRETCH
+from .evaluate import dataset_from_args, stretch_options
 from .parser import FINETUNE_OPTIONS
 from .run import labels_from_args
 
@@ -28,8 +29,7 @@ def command_finetune(args) -> int:
     labels = labels_from_args(args)
     if labels is None and Path(args.model).is_dir():
         labels = recorded_label_set(read_finetune_record(args.model))
-    stretch = recorded_stretch(None, **{name: getattr(args, name)
-                                        for name in ("interval", "stretch", "contrast", "percentile")})
+    stretch = recorded_stretch(None, **stretch_options(args)) or DEFAULT_STRETCH
     vlm = None
     if args.tiling != "single" or args.trust_remote_code:
         from ..models.loading import load_model

@@ -14,7 +14,7 @@ from ..errors import AstroVLMError
 from ..models.image_tokens import TILING_CHOICES
 from ..requests import DEFAULT_SIZE
 from ..results import REGION_FORMATS, TABLE_FORMATS
-from ..stretch import DEFAULT_STRETCH, INTERVALS, STRETCHES
+from ..stretch import DEFAULT_STRETCH, INTERVALS, RGB_MODES, STRETCHES
 
 __all__ = ["build_parser", "FINETUNE_OPTIONS", "parse_size", "parse_channel_range"]
 
@@ -136,12 +136,18 @@ def _add_cube_and_stretch(parser) -> None:
     cube.add_argument("--spectral-axis", type=non_negative_int, choices=(0, 1, 2), metavar="AXIS",
                       help="numpy axis of the channels when the cube's WCS does not say (default 0)")
     default = DEFAULT_STRETCH
-    stretch = parser.add_argument_group(f"stretch (default: {default.describe()})")
-    stretch.add_argument("--interval", choices=INTERVALS, default=default.interval)
-    stretch.add_argument("--stretch", choices=STRETCHES, default=default.stretch)
-    stretch.add_argument("--contrast", type=positive_float, default=default.contrast, help="zscale contrast")
-    stretch.add_argument("--percentile", type=positive_float, default=default.percentile,
-                         help="percentile interval")
+    stretch = parser.add_argument_group(f"stretch (default: {default.describe()} for data; 8-bit PNG/JPEG "
+                                        "pictures as they are)")
+    stretch.add_argument("--interval", choices=INTERVALS, default=None,
+                         help=f"display limits (default {default.interval}; 'display' keeps a picture's pixels)")
+    stretch.add_argument("--stretch", choices=STRETCHES, default=None, help=f"default {default.stretch}")
+    stretch.add_argument("--contrast", type=positive_float, default=None,
+                         help=f"zscale contrast (default {default.contrast:g})")
+    stretch.add_argument("--percentile", type=positive_float, default=None,
+                         help=f"percentile interval (default {default.percentile:g})")
+    stretch.add_argument("--rgb", choices=RGB_MODES, default=None,
+                         help="colour images: one interval for the three bands, keeping colours (joint, the "
+                              "default), or each band on its own (per-band)")
 
 
 def _add_source_options(parser) -> None:
@@ -244,6 +250,7 @@ def _add_data_options(parser, what: str) -> None:
                         help=f"zscale contrast (default {default.contrast:g})")
     images.add_argument("--percentile", type=positive_float, default=None,
                         help=f"percentile interval (default {default.percentile:g})")
+    images.add_argument("--rgb", choices=RGB_MODES, default=None, help="colour images: joint (default) or per-band")
     parser.add_argument("--limit", type=positive_int, help="use a random N images (drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --limit, bootstrap and training (default 0)")
 

@@ -80,10 +80,16 @@ def _sky_position(ra: str, dec: str, frame: str):
                             "sexagesimal (10:00:24 +02:12:00, 05h40m59s -02d27m30s).") from error
 
 
-def _stretch(args):
+STRETCH_OPTIONS = ("interval", "stretch", "contrast", "percentile", "rgb")
+
+
+def stretch_from_args(args):
+    """The stretch the options ask for, or `None` when none is given (then data get the default stretch
+    and rendered pictures go as they are)."""
     from ..stretch import Stretch
 
-    return Stretch(interval=args.interval, stretch=args.stretch, contrast=args.contrast, percentile=args.percentile)
+    given = {name: getattr(args, name) for name in STRETCH_OPTIONS if getattr(args, name, None) is not None}
+    return Stretch(**given) if given else None
 
 
 def _send(args) -> dict:
@@ -118,7 +124,7 @@ def request_from_args(args, labels=None):
     else:
         task = dict(task=args.command, question=getattr(args, "question", None), max_new_tokens=args.max_new_tokens)
     size = args.size if args.size is not None else (None if args.regions else DEFAULT_SIZE)
-    return Request(image=image, cube=cube_from_args(args, image), stretch=_stretch(args), size=size,
+    return Request(image=image, cube=cube_from_args(args, image), stretch=stretch_from_args(args), size=size,
                    outside=args.outside, **_send(args), **task)
 
 
@@ -249,7 +255,8 @@ def _described(args, request) -> dict:
     """What the run asked, recorded in the table and compared when resuming."""
     return {"task": request.task, "labels": list(request.labels.labels) if request.labels is not None else None,
             "question": request.question, "model": str(args.model), "adapter": args.adapter or None,
-            "stretch": request.stretch.describe(), "cube": str(request.cube) if request.cube else None}
+            "stretch": request.stretch.describe() if request.stretch else "auto",
+            "cube": str(request.cube) if request.cube else None}
 
 
 def _write(outputs, results, total: int, labels, described) -> list[Path]:

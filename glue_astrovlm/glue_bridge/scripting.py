@@ -24,7 +24,7 @@ from ..errors import AstroVLMError
 from ..requests import Request, make_cutouts
 from ..results import Result
 from ..session import VLMSession
-from ..stretch import DEFAULT_STRETCH, Stretch
+from ..stretch import Stretch
 from . import writeback
 from .selections import catalog_request, detect_request, subset_request, view_request
 from .views import displayed_slice, view_bounds
@@ -58,7 +58,7 @@ class GlueVLM:
     def __init__(self, data_collection, session: VLMSession | None = None, **load_options):
         self.data_collection = data_collection
         self.session = session or VLMSession(**load_options)
-        self.stretch: Stretch = DEFAULT_STRETCH
+        self.stretch: Stretch | None = None  # automatic: data stretched, rendered pictures as they are
         self.outside = "keep"
 
     # model choice ---------------------------------------------------------------------------

@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
+import numpy as np
+from astropy.wcs import WCS
+
 from ..errors import AstroVLMError
 
-__all__ = ["celestial_wcs_of", "component_of", "image_source_from_data", "find_image_data"]
+__all__ = ["celestial_wcs_of", "component_of", "image_source_from_data", "find_image_data", "is_rendered_picture"]
+
+#: Component names that glue's image reader gives the bands of a colour picture.
+_COLOUR_BANDS = ("red", "green", "blue")
+
+
+def _colour_bands(data):
+    names = {c.label.lower(): c for c in data.main_components}
+    if data.ndim == 2 and all(band in names for band in _COLOUR_BANDS):
+        return [names[band] for band in _COLOUR_BANDS]
+    return None
+
+
+def is_rendered_picture(data, values) -> bool:
+    """Whether a dataset is a picture already rendered for display (sent to the model as it is).
+
+    True for 8-bit pixels without a celestial WCS (glue's reader of PNG and JPEG files), and for the
+    0-1 floats without coordinates that jdaviz's image importer makes of a PNG or JPEG file.
+    """
+    if isinstance(getattr(data, "coords", None), WCS) or getattr(values, "ndim", 0) != 2:
+        return False
+    if values.dtype == np.uint8:
+        return True
+    meta = getattr(data, "meta", {}) or {}
+    if meta.get("_importer") == "ImageImporter" and getattr(data, "coords", None) is None and values.dtype.kind == "f":
+        finite = values[np.isfinite(values)]
+        return finite.size > 0 and finite.min() >= 0 and finite.max() <= 1
+    return False
 
 
 def celestial_wcs_of(data):
@@ -13,8 +43,6 @@ def celestial_wcs_of(data):
     A FITS `~astropy.wcs.WCS` gives its celestial part; a 2-D coordinate object that converts pixels
     to the sky (a GWCS orientation layer in jdaviz) is used as it is.
     """
-    from astropy.wcs import WCS
-
     coords = getattr(data, "coords", None)
     if coords is None:
         return None
@@ -58,16 +86,19 @@ def image_source_from_data(data, attribute=None, *, cube: dict | None = None):
         spectral_range=(a, b))``; see `glue_astrovlm.reduce_cube`. Without it a cube stays a cube (a
         request then reduces it with its own ``cube``).
     """
-    from astropy.wcs import WCS
-
     from ..cubes import reduce_cube
     from ..sources import from_array
 
     if data.ndim not in (2, 3):
         raise AstroVLMError(f"{data.label} has {data.ndim} dimension(s); the model needs an image or a cube.")
-    component = data.get_component(component_of(data, attribute))
     wcs = data.coords if isinstance(data.coords, WCS) else None
-    source = from_array(component.data, wcs=wcs, label=data.label, unit=getattr(component, "units", None) or None)
+    bands = _colour_bands(data) if attribute is None else None
+    if bands is not None:  # a colour picture that glue read as red, green and blue components
+        values = np.stack([data.get_component(band).data for band in bands])
+        return from_array(values, wcs=wcs, label=data.label, rgb=True, display=values.dtype == np.uint8)
+    component = data.get_component(component_of(data, attribute))
+    source = from_array(component.data, wcs=wcs, label=data.label, unit=getattr(component, "units", None) or None,
+                        display=is_rendered_picture(data, component.data))
     if data.ndim == 3 and cube is not None:
         source = reduce_cube(source, **cube)
     elif cube is not None:

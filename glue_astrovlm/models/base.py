@@ -76,7 +76,7 @@ def as_model_images(images) -> list[ModelImage]:
     converted = []
     for item in images:
         if isinstance(item, Cutout):
-            converted.append(ModelImage(item.to_image(), item.provenance, item.stretch.describe()))
+            converted.append(ModelImage(item.to_image(), item.provenance, item.stretch_text()))
         elif isinstance(item, Image.Image):
             converted.append(ModelImage(item.convert("RGB"), None, "as given"))
         elif isinstance(item, np.ndarray):
@@ -86,7 +86,7 @@ def as_model_images(images) -> list[ModelImage]:
             ny, nx = item.shape[-2:]
             cutout = Cutout(item, Provenance(source="array", bbox=(0, nx, 0, ny),
                                              center_pixel=((nx - 1) / 2, (ny - 1) / 2)))
-            converted.append(ModelImage(cutout.to_image(), cutout.provenance, cutout.stretch.describe()))
+            converted.append(ModelImage(cutout.to_image(), cutout.provenance, cutout.stretch_text()))
         else:
             raise AstroVLMError(f"Cannot send {type(item).__name__} to a model; pass a Cutout, "
                                 "a 2-D numpy array or a PIL image.")
@@ -200,7 +200,8 @@ def classification_result(model_image: ModelImage, label_set: LabelSet, probabil
                   confidence=float(probs[best]),
                   probabilities={label: float(p) for label, p in zip(label_set.labels, probs)},
                   answer=label_set.labels[best], prompt=label_set.prompt(), prompt_hash=label_set.prompt_hash(),
-                  model=model, adapter=adapter, stretch=model_image.stretch, image_tokens=image_tokens)
+                  model=model, adapter=adapter, stretch=model_image.stretch, image_tokens=image_tokens,
+                  label_set=label_set.describe())
 
 
 def text_result(model_image: ModelImage, task: str, prompt: str, answer: str, model: str,

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import logging
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
-from ..errors import AstroVLMError
+from ..errors import AstroVLMError, in_panel_words
 from ..glue_bridge import writeback
 from ..glue_bridge.catalogs import has_positions
 from ..glue_bridge.scripting import detections_data
-from ..labelsets import resolve_labels
-from ..models.base import OperationCancelled
+from ..glue_bridge.sources import image_source_from_data
+from ..labelsets import label_set_for
 from ..requests import make_cutouts
 from ..session import recent_models
-from ..stretch import Stretch
+from ..stretch import Stretch, chosen_stretch
 from . import widgets
-from .widgets import CUSTOM, SOURCES, TASKS
+from ..labelsets import CUSTOM
+from .widgets import SOURCES, TASKS
 
 __all__ = ["AstroVLMPanel", "SOURCES", "TASKS", "CUSTOM"]
 
@@ -71,10 +72,50 @@ class AstroVLMPanel(QWidget):
         self.signals.loaded.connect(self._on_loaded)
         widgets.build(self)
         self._connect()
+        self._remembered_model()
+        self._listen_to_glue()
+        self.refresh()
+
+    def _remembered_model(self) -> None:
+        """Start from the last model that loaded (not an unavailable default), unless one is chosen."""
+        from ..models.loading import DEFAULT_MODEL
+
+        recent = recent_models()
+        session = self.vlm.session
+        if recent and not session.is_loaded and session.model == DEFAULT_MODEL:
+            self.vlm.model = recent[0]["model"]
+            self.vlm.adapter = recent[0].get("adapter")
+            self.adapter_edit.setText(recent[0].get("adapter") or "")
+
+    def _listen_to_glue(self) -> None:
+        """Follow glue: data, subsets and catalogues added, renamed or removed after the panel opened."""
+        from glue.core import message
+        from glue.core.hub import HubListener
+
+        self._listener = HubListener()
+        self._refresh_pending = False
+        hub = self.vlm.data_collection.hub
+        for kind in (message.DataCollectionAddMessage, message.DataCollectionDeleteMessage,
+                     message.SubsetCreateMessage, message.SubsetDeleteMessage, message.DataUpdateMessage,
+                     message.ComponentsChangedMessage):
+            hub.subscribe(self._listener, kind, handler=self._glue_changed)
+        hub.subscribe(self._listener, message.SubsetUpdateMessage, handler=self._glue_changed,
+                      filter=lambda msg: msg.attribute in ("label", "subset_state"))
+        self.destroyed.connect(lambda *_: hub.unsubscribe_all(self._listener))
+
+    def _glue_changed(self, _message=None) -> None:
+        # many messages arrive together (a session restore, our own write-back): refresh once for them
+        if not self._refresh_pending:
+            self._refresh_pending = True
+            QTimer.singleShot(0, self._refresh_after_change)
+
+    def _refresh_after_change(self) -> None:
+        self._refresh_pending = False
         self.refresh()
 
     def _connect(self) -> None:
         self.load_button.clicked.connect(self.load_model)
+        self.browse_button.clicked.connect(lambda: self.choose_model_folder())
         self.question_edit.returnPressed.connect(self.run)
         self.tag_table.cellClicked.connect(self.select_source)
         self.run_button.clicked.connect(self.run)
@@ -132,8 +173,8 @@ class AstroVLMPanel(QWidget):
             return {"mode": "slice", "index": self.cube_index.value()}
         return {"mode": mode, "spectral_range": (self.cube_start.value(), self.cube_stop.value())}
 
-    def _stretch(self) -> Stretch:
-        return Stretch(interval=self.interval_combo.currentText(), stretch=self.stretch_combo.currentText())
+    def _stretch(self) -> Stretch | None:
+        return chosen_stretch(self.interval_combo.currentText(), self.stretch_combo.currentText())
 
     def select_subset(self, subset) -> None:
         """Point the panel at a subset (a Subset or SubsetGroup), e.g. from a right-click action."""
@@ -220,7 +261,7 @@ class AstroVLMPanel(QWidget):
             self.thumbnail.setText("sources are\ndetected at run")
             return
         self.thumbnail.setPixmap(_pixmap(cutout.to_image()))
-        self.thumbnail.setToolTip(f"{cutout.shape[1]}x{cutout.shape[0]} px, {cutout.stretch.describe()}")
+        self.thumbnail.setToolTip(f"{cutout.shape[1]}x{cutout.shape[0]} px, {cutout.stretch_text()}")
 
     # ----------------------------------------------------------------------------------- running
     def _sync_model(self) -> None:
@@ -228,10 +269,9 @@ class AstroVLMPanel(QWidget):
         self.vlm.adapter = self.adapter_edit.text().strip() or None
 
     def _labels(self):
-        if self.preset_combo.currentText() == CUSTOM:
-            labels = [part.strip() for part in self.labels_edit.text().split(",") if part.strip()]
-            return resolve_labels(labels)
-        return resolve_labels(preset=self.preset_combo.currentText())
+        data = self._data()
+        source = image_source_from_data(data) if data is not None else None
+        return label_set_for(self.preset_combo.currentText(), self.labels_edit.text(), source)
 
     def load_model(self) -> None:
         """Load the chosen model on the worker thread; the window stays responsive."""
@@ -241,8 +281,8 @@ class AstroVLMPanel(QWidget):
         future.add_done_callback(lambda f: self.signals.loaded.emit(f))
 
     def _on_loaded(self, future) -> None:
-        self._busy(False)
         error = future.exception()
+        self._busy(False, finished=error is None)
         if error is not None:
             self._show_error(error)
             self.model_status.setText("not loaded")
@@ -319,10 +359,10 @@ class AstroVLMPanel(QWidget):
         task, context = self._running or (None, None)
         self._running = None
         self._show_model_status()
-        self._busy(False)
-        if isinstance(error, OperationCancelled):
-            if error.results and task is not None:
-                self._write_back(task, context, error.results)
+        self._busy(False, finished=False)
+        finished = getattr(error, "results", None)  # cancelled, or a server that failed part way
+        if finished and task is not None:
+            self._write_back(task, context, finished)
         self._show_error(error)
 
     def _write_back(self, task, context, results) -> None:
@@ -396,7 +436,15 @@ class AstroVLMPanel(QWidget):
         self.refresh()
         self.message.setText("Removed the plugin's results; your subsets are unchanged.")
 
-    def _busy(self, busy: bool, text: str | None = None) -> None:
+    def choose_model_folder(self, folder: str | None = None) -> None:
+        """Point the model field at a folder on this machine (asks with a folder browser without one)."""
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Choose a model folder (with config.json)")
+            if not folder:
+                return
+        self.model_combo.setCurrentText(str(folder))
+
+    def _busy(self, busy: bool, text: str | None = None, finished: bool = True) -> None:
         self.run_button.setEnabled(not busy)
         self.load_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
@@ -404,13 +452,14 @@ class AstroVLMPanel(QWidget):
             self.progress.setRange(0, 0)  # indeterminate until the first batch reports
         else:
             self.progress.setRange(0, 1)
-            self.progress.setValue(1)
+            self.progress.setValue(1 if finished else 0)  # a failure never reads 100%
         self.message.setStyleSheet("")
         if text is not None:
             self.message.setText(text)
 
     def _show_error(self, error) -> None:
         self.message.setStyleSheet("color: #b00020;")
-        self.message.setText(str(error) if isinstance(error, AstroVLMError) else f"{type(error).__name__}: {error}")
+        self.message.setText(in_panel_words(str(error)) if isinstance(error, AstroVLMError)
+                             else f"{type(error).__name__}: {error}")
         if not isinstance(error, AstroVLMError):
             log.error("AstroVLM task failed", exc_info=error)

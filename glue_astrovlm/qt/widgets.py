@@ -13,8 +13,8 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFormL
 
 from ..cubes import CUBE_MODES
 from ..cutout_types import OUTSIDE_MODES
-from ..labelsets import list_presets
-from ..stretch import INTERVALS, STRETCHES
+from ..labelsets import CUSTOM, menu_choices
+from ..stretch import AUTO, INTERVALS, STRETCHES
 
 __all__ = ["SOURCES", "TASKS", "CUSTOM", "build"]
 
@@ -22,7 +22,6 @@ __all__ = ["SOURCES", "TASKS", "CUSTOM", "build"]
 SOURCES = ("Current view", "Subset", "Catalogue sources", "Detected sources")
 #: The tabs, in order.
 TASKS = ("ask", "classify", "tag")
-CUSTOM = "Custom labels"
 
 
 def _combo(items) -> QComboBox:
@@ -55,8 +54,10 @@ def _model_box(panel) -> QGroupBox:
     panel.adapter_edit = QLineEdit()
     panel.adapter_edit.setPlaceholderText("optional LoRA adapter folder")
     panel.load_button = QPushButton("Load")
+    panel.browse_button = QPushButton("Folder…")
+    panel.browse_button.setToolTip("Choose a model folder on this machine (e.g. a copied Hugging Face download)")
     panel.model_status = QLabel("not loaded")
-    row = _row(panel.model_combo, panel.load_button)
+    row = _row(panel.model_combo, panel.browse_button, panel.load_button)
     row.setStretch(0, 1)
     form.addRow("Model", row)
     form.addRow("Adapter", panel.adapter_edit)
@@ -79,7 +80,7 @@ def _send_box(panel) -> QGroupBox:
     panel.max_sources_spin = _spin(1, 10000, 200, " sources")
     panel.cube_mode = _combo(CUBE_MODES)
     panel.cube_index, panel.cube_start, panel.cube_stop = QSpinBox(), QSpinBox(), QSpinBox()
-    panel.interval_combo = _combo(INTERVALS)
+    panel.interval_combo = _combo((AUTO, *INTERVALS))
     panel.stretch_combo = _combo(STRETCHES)
     panel.outside_combo = _combo(OUTSIDE_MODES)
     panel.thumbnail = QLabel("no cutout")
@@ -118,7 +119,7 @@ def _tabs(panel) -> QTabWidget:
 
     classify = QWidget()
     classify_layout = QFormLayout(classify)
-    panel.preset_combo = _combo([p.name for p in list_presets()] + [CUSTOM])
+    panel.preset_combo = _combo(menu_choices())
     panel.labels_edit = QLineEdit()
     panel.labels_edit.setPlaceholderText("custom labels, comma-separated: star, galaxy, artefact")
     panel.prob_table = _table(["label", "probability"])

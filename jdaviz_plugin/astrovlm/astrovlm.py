@@ -24,12 +24,12 @@ from jdaviz.core.template_mixin import (DatasetSelectMixin, PluginTemplateMixin,
 from jdaviz.core.user_api import PluginUserApi
 
 from glue_astrovlm.cutout_types import OUTSIDE_MODES
-from glue_astrovlm.errors import AstroVLMError
+from glue_astrovlm.errors import AstroVLMError, in_panel_words
 from glue_astrovlm.glue_bridge.catalogs import has_positions
-from glue_astrovlm.labelsets import list_presets, resolve_labels
+from glue_astrovlm.labelsets import CUSTOM, label_set_for, menu_choices
 from glue_astrovlm.requests import make_cutouts
 from glue_astrovlm.results import REGION_FORMATS, class_colors
-from glue_astrovlm.stretch import INTERVALS, STRETCHES, Stretch
+from glue_astrovlm.stretch import AUTO, INTERVALS, STRETCHES, Stretch, chosen_stretch
 
 from . import selection, writeback
 
@@ -38,7 +38,6 @@ __all__ = ["AstroVLM"]
 log = logging.getLogger("glue_astrovlm")
 
 TASKS = ("ask", "classify", "tag")
-CUSTOM = "Custom labels"
 SUBSETS_PER = {"Per class": "class", "Per source": "source"}
 
 
@@ -165,13 +164,13 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
                                             default_text=selection.ENTIRE_SPECTRUM,
                                             filters=[selection.is_range_subset])
         self.interval = SelectPluginComponent(self, items='interval_items', selected='interval_selected',
-                                              manual_options=list(INTERVALS))
+                                              manual_options=[AUTO, *INTERVALS])
         self.stretch = SelectPluginComponent(self, items='stretch_items', selected='stretch_selected',
                                              manual_options=list(STRETCHES))
         self.outside = SelectPluginComponent(self, items='outside_items', selected='outside_selected',
                                              manual_options=list(OUTSIDE_MODES))
         self.preset = SelectPluginComponent(self, items='preset_items', selected='preset_selected',
-                                            manual_options=[p.name for p in list_presets()] + [CUSTOM])
+                                            manual_options=menu_choices())
         self.tag_source = SelectPluginComponent(self, items='tag_source_items', selected='tag_source_selected',
                                                 manual_options=[selection.TAG_CATALOG, selection.TAG_FILE,
                                                                 selection.TAG_DETECT])
@@ -268,8 +267,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
     def _viewer(self):
         return self.viewer.selected_obj if self.viewer.selected else None
 
-    def _stretch(self) -> Stretch:
-        return Stretch(interval=self.interval.selected, stretch=self.stretch.selected)
+    def _stretch(self) -> Stretch | None:
+        return chosen_stretch(self.interval.selected, self.stretch.selected)
 
     def _cube(self, data):
         return selection.cube_options(self._viz, data, self.cube_mode.selected, viewer=self._viewer(),
@@ -281,10 +280,10 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             self.custom_labels = ", ".join(labels) if not isinstance(labels, str) else labels
         elif preset is not None:
             self.preset.selected = preset
-        if self.preset.selected == CUSTOM:
-            names = [part.strip() for part in self.custom_labels.split(",") if part.strip()]
-            return resolve_labels(names)
-        return resolve_labels(preset=self.preset.selected)
+        from glue_astrovlm.glue_bridge.sources import image_source_from_data
+
+        source = image_source_from_data(self.dataset.selected_dc_item) if self.dataset.selected else None
+        return label_set_for(self.preset.selected, self.custom_labels, source)
 
     @observe('dataset_selected')
     def _on_dataset_changed(self, event={}):
@@ -328,7 +327,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         where = f", {cutout.provenance.cube}" if cutout.provenance.cube else ""
         self.thumbnail = _thumbnail(cutout)
         self.thumbnail_caption = (f"{cutout.provenance.source_id}: {nx} x {ny} px{where}, "
-                                  f"{cutout.stretch.describe()}{note}")
+                                  f"{cutout.stretch_text()}{note}")
         return cutout
 
     @observe('dataset_selected', 'send_selected', 'subset_selected', 'viewer_selected', 'cube_mode_selected',
@@ -664,7 +663,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
     def _report_error(self, error):
         """Show an error in the plugin and the jdaviz snackbar; returns it (for ``raise``)."""
         if isinstance(error, AstroVLMError):
-            text, trace = str(error), None
+            text, trace = in_panel_words(str(error)), None
         else:
             text, trace = f"{type(error).__name__}: {error}", error
             log.error("AstroVLM task failed", exc_info=error)

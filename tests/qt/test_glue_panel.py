@@ -305,3 +305,72 @@ def test_errors_show_in_the_panel(qtbot, glue_app, fits_dir, tiny_smolvlm_dir, t
     _wait(qtbot, panel)
     assert "not in the local Hugging Face cache" in panel.message.text()
     assert ok.label == "ok box"
+
+
+def test_the_panel_follows_glue_as_it_changes(qtbot, glue_app, fits_dir, tiny_smolvlm_dir):
+    """Subsets, data and catalogues added, renamed or removed after the panel opened show up at once."""
+    image = _load(glue_app, fits_dir / "HorseHead.fits")
+    panel = _panel(glue_app, tiny_smolvlm_dir)
+
+    def items(combo):
+        return [combo.itemText(i) for i in range(combo.count())]
+
+    assert items(panel.subset_combo) == []
+    group = _box(glue_app, image, "drawn later")
+    qtbot.waitUntil(lambda: items(panel.subset_combo) == ["drawn later"], timeout=5000)
+    group.label = "renamed"
+    qtbot.waitUntil(lambda: items(panel.subset_combo) == ["renamed"], timeout=5000)
+    glue_app.data_collection.remove_subset_group(group)
+    qtbot.waitUntil(lambda: items(panel.subset_combo) == [], timeout=5000)
+    sky = image.coords.pixel_to_world([200, 300], [300, 400])
+    glue_app.data_collection.append(Data(label="late catalogue", ra=sky.ra.deg, dec=sky.dec.deg))
+    qtbot.waitUntil(lambda: items(panel.catalog_combo) == ["late catalogue"], timeout=5000)
+    second = Data(label="second image", x=np.random.default_rng(0).normal(size=(64, 64)))
+    glue_app.data_collection.append(second)
+    qtbot.waitUntil(lambda: "second image" in items(panel.data_combo), timeout=5000)
+    glue_app.data_collection.remove(second)
+    qtbot.waitUntil(lambda: "second image" not in items(panel.data_combo), timeout=5000)
+
+
+def test_the_preview_is_rebuilt_when_any_of_its_inputs_changes(qtbot, glue_app, fits_dir, tiny_smolvlm_dir):
+    image = _load(glue_app, fits_dir / "HorseHead.fits")
+    sky = image.coords.pixel_to_world([200, 300], [300, 400])
+    glue_app.data_collection.append(Data(label="sources", ra=sky.ra.deg, dec=sky.dec.deg))
+    panel = _panel(glue_app, tiny_smolvlm_dir)
+    panel.data_combo.setCurrentText(image.label)
+    panel.source_combo.setCurrentText("Catalogue sources")
+    panel.size_spin.setValue(64)
+    assert panel.thumbnail.toolTip().startswith("64x64 px")
+    panel.size_spin.setValue(40)  # the size alone changes: the preview follows (it went stale before)
+    assert panel.thumbnail.toolTip().startswith("40x40 px")
+    panel.interval_combo.setCurrentText("minmax")
+    assert "minmax" in panel.thumbnail.toolTip()
+    assert panel.preview_cutout().shape == (40, 40)
+
+
+def test_choosing_a_model_offline(qtbot, glue_app, fits_dir, tiny_smolvlm_dir, tmp_path, monkeypatch):
+    """A folder browser, errors in the panel's own words, no 100% after a failure, and the last model
+    that worked comes back in a new window (a restart or a session restore)."""
+    from glue.core import DataCollection
+    from glue_qt.app import GlueApplication
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    _load(glue_app, fits_dir / "HorseHead.fits")
+    panel = open_panel(glue_app)
+    panel.model_combo.setCurrentText("nobody/no-such-vlm")
+    panel.load_model()
+    qtbot.waitUntil(lambda: panel.load_button.isEnabled(), timeout=60000)
+    text = panel.message.text()
+    assert "Folder… button next to the Model field" in text and "--model" not in text
+    assert panel.progress.value() == 0
+    panel.choose_model_folder(str(tiny_smolvlm_dir))
+    panel.vlm.session.load_options = {"dtype": "float32"}
+    panel.load_model()
+    qtbot.waitUntil(lambda: panel.vlm.session.is_loaded and panel.load_button.isEnabled(), timeout=60000)
+    assert panel.progress.value() == panel.progress.maximum()
+    other = GlueApplication(DataCollection())
+    try:
+        assert open_panel(other).model_combo.currentText() == str(tiny_smolvlm_dir)
+    finally:
+        other.close()

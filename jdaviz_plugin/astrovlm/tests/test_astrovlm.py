@@ -359,3 +359,24 @@ def test_app_asks_about_the_view(fits_dir, vlm_session):
     result = plg.ask("Is there a dark nebula?")
     assert result.task == "ask" and result.prompt == "Is there a dark nebula?"
     assert plg._obj.ask_history[-1]["answer"] == result.answer
+
+
+def test_a_jpeg_reaches_the_model_as_jdaviz_shows_it(shared_data):
+    """jdaviz reads a JPEG as grey levels in 0-1; the model gets exactly those, not a zscale of them."""
+    jpg = sorted((shared_data / "gz2_spiral" / "spirals").glob("*.jpg"))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        viz = jdaviz_plugin.Imviz()
+        viz.load(str(jpg))
+    plg = viz.plugins["AstroVLM"]
+    shown = np.asarray(viz._app.data_collection[0]["DATA"], dtype=float)
+    plg.send = "Viewer area"
+    cutout = plg._obj.preview()
+    assert cutout.stretch_text() == "as displayed"
+    xmin, xmax, ymin, ymax = cutout.provenance.bbox
+    ny, nx = shown.shape
+    xs, ys = slice(max(xmin, 0), min(xmax, nx)), slice(max(ymin, 0), min(ymax, ny))
+    inside = cutout.data[ys.start - ymin:ys.stop - ymin, xs.start - xmin:xs.stop - xmin]
+    np.testing.assert_array_equal(inside, shown[ys, xs])  # the pixels jdaviz holds
+    levels = np.asarray(cutout.to_image())[::-1, :, 0][ys.start - ymin:ys.stop - ymin, xs.start - xmin:xs.stop - xmin]
+    np.testing.assert_array_equal(levels, np.round(shown[ys, xs] * 255))  # shown as they are: level = value x 255
