@@ -386,3 +386,26 @@ def test_adapter_whose_weights_fit_no_layer_of_its_own_base(tiny_smolvlm_dir, sa
         "names" in message
     assert "its weights lack" in message and "adapter_model.safetensors do not match" in message
 
+
+def test_relative_base_path_of_an_old_adapter(tiny_smolvlm_dir, saved_adapter, tmp_path, monkeypatch):
+    """Adapters from before base paths were absolute: found from the adapter's folder, or explained."""
+    import os
+
+    adapter = _adapter_copy(saved_adapter, tmp_path)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    relative = os.path.relpath(tiny_smolvlm_dir, tmp_path)  # as recorded when trained from tmp_path
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": relative}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    vlm = load_model(adapter=adapter, dtype="float32")
+    assert vlm.name == str(tiny_smolvlm_dir) and vlm.adapters == ["copy"]
+    lost = _adapter_copy(saved_adapter, tmp_path, "lost")
+    lost_config = {**config, "base_model_name_or_path": "./models/gone"}
+    (lost / "adapter_config.json").write_text(json.dumps(lost_config))
+    with pytest.raises(AstroVLMError) as caught:
+        load_model(adapter=lost, dtype="float32")
+    message = str(caught.value)
+    assert "records its base model as './models/gone', a path relative to the folder it was trained " \
+        "in" in message
+    assert "Pass the base model explicitly: --model /path/to/the/model" in message
