@@ -252,6 +252,9 @@ def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_k
 
     path = Path(spec).expanduser()
     looks_like_path = spec.startswith((".", "/", "~", "\\")) or spec.count("/") > 1 or path.exists()
+    if path.is_file():
+        raise AstroVLMError(f"{path} is a file; pass the model's folder, which holds config.json and the "
+                            f"weights ({path.parent}?).")
     if looks_like_path and not path.is_dir():
         raise AstroVLMError(f"Model directory {path} does not exist. Pass an existing directory or a Hugging "
                             "Face id such as HuggingFaceTB/SmolVLM-256M-Instruct.")

@@ -57,9 +57,13 @@ def safetensors_shapes(path: Path, fix: str) -> dict[str, tuple[int, ...]]:
     with open(path, "rb") as handle:
         start = handle.read(8)
         length = struct.unpack("<Q", start)[0] if len(start) == 8 else None
-        if length is None or not 2 <= length <= min(_MAX_HEADER, size - 8):
+        if length is None or not 2 <= length <= _MAX_HEADER:
             what = "it is empty" if size == 0 else "it does not start with a safetensors header"
             raise AstroVLMError(f"{path} is not a safetensors file ({what}, {size:,} bytes); {fix}.")
+        if length > size - 8:
+            raise AstroVLMError(f"{path} is truncated: {size:,} bytes, shorter than its own header "
+                                f"({8 + length:,} bytes). The file was not completely written or copied; "
+                                f"{fix}.")
         try:
             header = json.loads(handle.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -228,6 +232,8 @@ def check_adapter_folder(path) -> AdapterFiles:
         Naming the file at fault and how to repair the adapter.
     """
     path = Path(path).expanduser()
+    if path.is_file():
+        raise AstroVLMError(f"The adapter {path} is a file; pass the folder that holds it ({path.parent}).")
     if not path.is_dir():
         raise AstroVLMError(f"No adapter folder {path}; pass the folder written by astrovlm finetune.")
     config_file = path / "adapter_config.json"

@@ -80,7 +80,47 @@ def _same_base(a, b) -> bool:
     return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
 
 
+def _check_writable(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AstroVLMError(f"--out {out_dir} is a file; give a folder (it is made if it does not exist).")
+    existing = next(folder for folder in (out_dir, *out_dir.absolute().parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise AstroVLMError(f"Cannot write into {existing}; choose an --out where you may write.")
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint the Trainer resumes from: the ``checkpoint-N`` folder with the largest N."""
+    steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-")[1].isdigit()} if folder.is_dir() else {}
+    return steps[max(steps)] if steps else None
+
+
+def _check_checkpoints(ckpt: Path) -> None:
+    """On --resume, the checkpoints to resume from must be complete (a killed run may leave one half-done)."""
+    import zipfile
+
+    from ..models.model_files import safetensors_shapes
+
+    lasts = [_last_checkpoint(folder) for folder in (ckpt, ckpt / "stage1", ckpt / "stage2")]
+    for last in filter(None, lasts):
+        fix = f"delete {last} to resume from the checkpoint before it, or start again with --overwrite"
+        for weights in sorted(last.glob("*.safetensors")):
+            safetensors_shapes(weights, fix)
+        for state in sorted([*last.glob("*.pt"), *last.glob("*.pth")]):
+            if not zipfile.is_zipfile(state):
+                raise AstroVLMError(f"{state} is not a complete PyTorch file; {fix}.")
+        try:
+            json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise AstroVLMError(f"{last / 'trainer_state.json'} is missing or damaged ({error}); "
+                                f"{fix}.") from None
+    done = ckpt / "stage1" / _STAGE1_DONE
+    if done.is_file():
+        safetensors_shapes(done, f"delete {done} to train the projector stage again")
+
+
 def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    _check_writable(out_dir)
     final = [n for n in ("adapter_model.safetensors", "model.safetensors", ADAPTER_RECORD, MODEL_RECORD)
              if (out_dir / n).exists()]
     ckpt = out_dir / "checkpoints"
@@ -88,6 +128,7 @@ def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
         if not ckpt.is_dir():
             raise AstroVLMError(f"Nothing to resume in {out_dir}: it has no checkpoints/ folder. Start "
                                 "without --resume.")
+        _check_checkpoints(ckpt)
         return
     if final and not overwrite:
         raise AstroVLMError(f"{out_dir} already holds a fine-tuned model ({', '.join(final)}); choose "
@@ -277,12 +318,9 @@ def _attach_method(vlm, parts, config: FinetuneConfig):
 
 
 # ----------------------------------------------------------------------------- training
-def _resume_point(output_dir: Path, resume: bool):
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not resume or not output_dir.is_dir():
-        return None
-    return get_last_checkpoint(str(output_dir))
+def _resume_point(output_dir: Path, resume: bool) -> str | None:
+    last = _last_checkpoint(output_dir) if resume else None
+    return str(last) if last is not None else None
 
 
 def _history(trainer) -> list[dict]:

@@ -167,3 +167,13 @@ def test_float_precisions_by_name_and_type(tiny_smolvlm_dir):
 
     assert pick_dtype("cpu", "BF16") is torch.bfloat16 and pick_dtype("cpu", torch.float16) is torch.float16
     assert load_model(tiny_smolvlm_dir, dtype="fp32", batch_size=2).batch_size == 2
+
+
+def test_a_weights_file_given_for_the_model_or_the_adapter(tiny_smolvlm_dir, tmp_path):
+    with pytest.raises(AstroVLMError, match=r"model\.safetensors is a file; pass the model's folder"):
+        load_model(tiny_smolvlm_dir / "model.safetensors")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file({"x.lora_A.weight": torch.zeros(2, 4)}, adapter / "adapter_model.safetensors")
+    with pytest.raises(AstroVLMError, match=f"is a file; pass the folder that holds it \\({adapter}\\)"):
+        load_model(tiny_smolvlm_dir, adapter=adapter / "adapter_model.safetensors")

@@ -166,3 +166,45 @@ def test_training_functions_each_fit_on_a_screen():
             for name, n in _function_lengths(module).items() if n > 80}
     assert not long
     assert _function_lengths(finetune_module)["finetune"] <= 80
+
+
+def test_out_that_is_a_file_is_refused_before_the_model_loads(first_small, tmp_path):
+    (tmp_path / "taken").write_text("notes")
+    with pytest.raises(AstroVLMError, match=r"--out .*taken is a file; give a folder"):
+        finetune(NO_MODEL, load_dataset(first_small), tmp_path / "taken", show_progress=False)
+
+
+def _checkpoint(folder, step):
+    """A checkpoint folder as the Trainer writes it: weights, optimizer and scheduler state, trainer state."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    save_file({"lora_A.weight": torch.zeros(2, 8)}, path / "adapter_model.safetensors")
+    torch.save({"state": {0: {"exp_avg": torch.zeros(2, 8)}}}, path / "optimizer.pt")
+    torch.save({"last_epoch": step}, path / "scheduler.pt")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return path
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("adapter_model.safetensors", r"checkpoint-2/adapter_model\.safetensors is truncated"),
+    ("optimizer.pt", r"checkpoint-2/optimizer\.pt is not a complete PyTorch file"),
+    ("trainer_state.json", r"checkpoint-2/trainer_state\.json is missing or damaged"),
+])
+def test_resume_from_a_half_written_checkpoint_names_it(first_small, tmp_path, damage, expected):
+    """A run killed while saving leaves a damaged last checkpoint: say which folder to delete."""
+    out = tmp_path / "run"
+    _checkpoint(out / "checkpoints", 1)
+    last = _checkpoint(out / "checkpoints", 2)
+    data = (last / damage).read_bytes()
+    (last / damage).write_bytes(data[: len(data) // 2])
+    with pytest.raises(AstroVLMError, match=expected) as caught:
+        finetune(NO_MODEL, load_dataset(first_small), out, resume=True, show_progress=False)
+    assert f"delete {last} to resume from the checkpoint before it" in str(caught.value)
+    (last / damage).write_bytes(data)  # complete again: the checks pass and the (missing) model is next
+    with pytest.raises(AstroVLMError, match="does not exist"):
+        finetune(NO_MODEL, load_dataset(first_small), out, resume=True, show_progress=False)
