@@ -230,6 +230,9 @@ def _load_base(model, device: str | None):
     if vlm.adapters:
         raise AstroVLMError(f"{vlm.name} has adapters loaded ({', '.join(vlm.adapters)}); fine-tune the base "
                             "model, or merge the adapter into a model first.")
+    if hasattr(vlm.model, "peft_config"):  # trained in place by an earlier finetune() of this session
+        raise AstroVLMError(f"{vlm.name} already carries the LoRA layers of an earlier fine-tuning run in "
+                            "this session; load the base model again (load_model) to train another adapter.")
     return vlm
 
 

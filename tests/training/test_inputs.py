@@ -208,3 +208,16 @@ def test_resume_from_a_half_written_checkpoint_names_it(first_small, tmp_path, d
     (last / damage).write_bytes(data)  # complete again: the checks pass and the (missing) model is next
     with pytest.raises(AstroVLMError, match="does not exist"):
         finetune(NO_MODEL, load_dataset(first_small), out, resume=True, show_progress=False)
+
+
+def test_a_model_trained_in_place_is_not_trained_again(tiny_smolvlm_dir, first_small, tmp_path):
+    """finetune(vlm) leaves LoRA layers in ``vlm``; a second run used to blame --target-modules."""
+    from glue_astrovlm import load_model
+
+    vlm = load_model(tiny_smolvlm_dir, dtype="float32")
+    data = load_dataset(first_small)
+    config = FinetuneConfig(max_steps=1, batch_size=4, lora_r=2)
+    finetune(vlm, data, tmp_path / "first", config=config, show_progress=False)
+    with pytest.raises(AstroVLMError, match="already carries the LoRA layers of an earlier fine-tuning run"):
+        finetune(vlm, data, tmp_path / "second", config=config, show_progress=False)
+    assert not (tmp_path / "second").exists()
