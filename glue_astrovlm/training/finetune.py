@@ -219,12 +219,15 @@ def _check_inputs(model, train, val, label_set: LabelSet | None, config: Finetun
 
 
 # ----------------------------------------------------------------------------- the model and its examples
-def _load_base(model, device: str | None):
+def _load_base(model, device: str | None, load_options: dict | None):
     """The `LocalVLM` to train: the one given, or the base model loaded in float32."""
     from ..models.loading import load_model
     from ..models.local import LocalVLM
 
-    vlm = model if isinstance(model, LocalVLM) else load_model(model, device=device, dtype="float32")
+    if isinstance(model, LocalVLM):
+        vlm = model
+    else:
+        vlm = load_model(model, device=device, dtype="float32", **(load_options or {}))
     if not isinstance(vlm, LocalVLM):
         raise AstroVLMError("Only local models can be fine-tuned; a server URL cannot.")
     if vlm.adapters:
@@ -294,12 +297,15 @@ def _count(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def _attach_method(vlm, parts, config: FinetuneConfig):
-    """Make the parameters of ``config.method`` trainable (wrapping the model with LoRA); return the model."""
+def _attach_method(vlm, parts, config: FinetuneConfig) -> tuple:
+    """Make the parameters of ``config.method`` trainable (wrapping the model with LoRA).
+
+    Returns the model to train and its (trainable, total) parameter counts, which are logged.
+    """
     model = vlm.model
     if config.method not in ("lora", "two-stage"):
         _set_trainable(model, parts, config.method, config.train_vision_tower)
-        return model
+        return model, _counted(model, vlm, parts, config)
     from peft import LoraConfig, get_peft_model
 
     from ..models.compat import peft_quietly
@@ -317,7 +323,17 @@ def _attach_method(vlm, parts, config: FinetuneConfig):
     except ValueError as error:
         raise AstroVLMError(f"LoRA found no layers to adapt ({error}); check --target-modules.") from None
     vlm.model = model
-    return model
+    return model, _counted(model, vlm, parts, config)
+
+
+def _counted(model, vlm, parts, config: FinetuneConfig) -> tuple[int, int]:
+    counts = _count(model)
+    log.info("Fine-tuning %s with %s: %d of %d parameters trainable (%.2f%%); %s", base_model_id(vlm),
+             config.method, counts[0], counts[1], 100 * counts[0] / counts[1], parts.describe())
+    if counts[0] == 0:
+        raise AstroVLMError("No parameter is trainable with these settings; check --method and "
+                            "--target-modules.")
+    return counts
 
 
 # ----------------------------------------------------------------------------- training
@@ -440,7 +456,7 @@ def _record(vlm, run: dict, train, val, label_set, config: FinetuneConfig, stret
 def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=None,
              config: FinetuneConfig | None = None, stretch: Stretch = DEFAULT_STRETCH, crop: float = 1.0,
              resume: bool = False, overwrite: bool = False, device: str | None = None,
-             show_progress: bool = True) -> FinetuneResult:
+             show_progress: bool = True, load_options: dict | None = None) -> FinetuneResult:
     """Fine-tune a local VLM on labelled images, conversations or captions.
 
     Parameters
@@ -468,6 +484,9 @@ def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=No
         ``cuda``, ``cuda:1``, ``cpu``...; by default the first available.
     show_progress : bool
         tqdm bar with the loss.
+    load_options : dict, optional
+        More arguments of `load_model` for the base model (``tiling``, ``trust_remote_code``,
+        ``processor_kwargs``), so that the inputs are checked before it loads.
 
     Returns
     -------
@@ -485,7 +504,7 @@ def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=No
     out_dir = Path(out_dir)
     label_set, run = _check_inputs(model, train, val, label_set, config, out_dir, crop=crop, resume=resume,
                                    overwrite=overwrite, device=device)
-    vlm = _load_base(model, device)
+    vlm = _load_base(model, device, load_options)
     torch.manual_seed(config.seed)
     parts = model_parts(vlm.model)
     examples, validate = _prepare_examples(vlm, train, val, label_set, config, stretch, crop)
@@ -498,13 +517,7 @@ def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=No
     if config.method == "two-stage":
         history += _train_projector_first(vlm, parts, examples, config, ckpt, run, resume=resume,
                                           show_progress=show_progress)
-    model_obj = _attach_method(vlm, parts, config)
-    counts = _count(model_obj)
-    log.info("Fine-tuning %s with %s: %d of %d parameters trainable (%.2f%%); %s", run["base_model"],
-             config.method, counts[0], counts[1], 100 * counts[0] / counts[1], parts.describe())
-    if counts[0] == 0:
-        raise AstroVLMError("No parameter is trainable with these settings; check --method and "
-                            "--target-modules.")
+    model_obj, counts = _attach_method(vlm, parts, config)
     _write_run(ckpt, run)
     stage_dir = ckpt / "stage2" if config.method == "two-stage" else ckpt
     trained = _train(model_obj, vlm, examples, config, stage_dir, validate, resume=resume,
