@@ -633,3 +633,60 @@ def load_dataset(spec: str | os.PathLike, *, image_root: str | os.PathLike | Non
             return load_llava_json(path, image_root=image_root)
         return load_captions(path, image_root=image_root)
     return load_image_table(path, image_root=image_root)
+
+
+# ----------------------------------------------------------------------------- image checks
+def _image_problem(item: ImageItem, crop: float) -> str | None:
+    """Why ``item`` cannot be shown to a model (unreadable, outside the image, blank), or `None`."""
+    try:
+        data = item.cutout(crop=crop).data  # decodes the file and cuts as training does; no stretch
+    except AstroVLMError as error:
+        return str(error)
+    except Exception as error:  # noqa: BLE001 - image decoders raise many types; each is reported
+        return f"cannot be read ({type(error).__name__}: {error})"
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return "holds no finite pixel (all NaN or blank)"
+    if finite.min() == finite.max():
+        return f"is blank: every pixel is {finite.flat[0]:g}"
+    return None
+
+
+def check_images(dataset: ImageDataset, *, crop: float = 1.0, what: str = "", limit: int = 10) -> None:
+    """Read every image of ``dataset`` as a model gets it, and report all that cannot be used at once.
+
+    Each file is decoded (PNG, JPEG or FITS, with its HDU), its cutout is cut (a catalogue position
+    must fall inside the image) and its pixels must not be blank (all NaN, or all one value). Pixels
+    are not kept, and nothing is stretched, so that a whole data set is checked in seconds before a
+    model loads.
+
+    Parameters
+    ----------
+    dataset : ImageDataset
+    crop : float
+        Central fraction kept, as in training (see `ImageItem.cutout`).
+    what : str
+        What the data are for the message, e.g. ``'training'`` or ``'validation'``.
+    limit : int
+        How many bad images the message lists (all are counted).
+
+    Raises
+    ------
+    AstroVLMError
+        If any image cannot be used; the message names the first ``limit`` with the reason, and the count.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad = []
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # decoders release the GIL
+        problems = list(pool.map(lambda item: _image_problem(item, crop), dataset.items))
+    for item, problem in zip(dataset.items, problems):
+        if problem is not None:
+            bad.append(f"{item.item_id} ({item.path}): {problem}" if str(item.path) not in problem
+                       else f"{item.item_id}: {problem}")
+    if bad:
+        more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""
+        listed = "\n  ".join(bad[:limit]) + more
+        name = f"{what} images" if what else "images"
+        raise AstroVLMError(f"{len(bad)} of the {len(dataset)} {name} in {dataset.source} cannot be used:\n  "
+                            f"{listed}\nReplace or remove them, then run again.")

@@ -18,8 +18,8 @@ from .labelsets import LabelSet
 from .stretch import Stretch
 
 __all__ = ["ADAPTER_RECORD", "MODEL_RECORD", "read_finetune_record", "recorded_label_set", "recorded_stretch",
-           "recorded_crop", "adapter_base_model", "check_label_set", "finetune_records", "EvaluationSetup",
-           "evaluation_setup"]
+           "recorded_crop", "adapter_base_model", "resolve_base_model", "unresolved_base_message",
+           "check_label_set", "finetune_records", "EvaluationSetup", "evaluation_setup"]
 
 log = logging.getLogger("glue_astrovlm")
 
@@ -39,7 +39,8 @@ def read_finetune_record(path) -> dict | None:
             try:
                 return json.loads(record.read_text(encoding="utf-8"))
             except json.JSONDecodeError as error:
-                raise AstroVLMError(f"{record} is not valid JSON ({error}); re-run astrovlm finetune.") from None
+                raise AstroVLMError(f"{record} is not valid JSON ({error}); re-run astrovlm "
+                                    "finetune.") from None
     return None
 
 
@@ -70,10 +71,37 @@ def recorded_crop(record: dict | None, crop: float | None = None) -> float:
     return float(crop) if crop is not None else float((record or {}).get("crop", 1.0))
 
 
+def _looks_like_path(name: str) -> bool:
+    """Whether a recorded base model is a filesystem path rather than a Hub id (``org/name``)."""
+    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name or \
+        (len(name) > 1 and name[1] == ":")
+
+
+def resolve_base_model(base: str | None, adapter_dir) -> str | None:
+    """A recorded base model as something `load_model` can open from any working folder.
+
+    `astrovlm finetune` records absolute paths or Hub ids. Older adapters may record a path relative
+    to the folder they were trained in; it is looked for next to the adapter and in the folders above
+    it. A name that is found nowhere comes back unchanged (a Hub id, or a path `load_model` reports).
+    """
+    if not base:
+        return None
+    path = Path(base).expanduser()
+    if path.is_absolute():
+        return str(path)
+    here = Path(adapter_dir).expanduser().resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / path
+        if (candidate / "config.json").is_file():
+            return str(candidate.resolve())
+    return base
+
+
 def adapter_base_model(adapter) -> str | None:
     """The base model an adapter directory was trained on (its ``adapter_config.json``), if recorded.
 
-    ``adapter`` is a directory or ``{name: directory}`` (the first is read).
+    ``adapter`` is a directory or ``{name: directory}`` (the first is read). A relative path is
+    resolved as by `resolve_base_model`; `None` if nothing is recorded or the file is unreadable.
     """
     if adapter is None:
         return None
@@ -82,7 +110,29 @@ def adapter_base_model(adapter) -> str | None:
         config = json.loads((Path(first).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return config.get("base_model_name_or_path") or None if isinstance(config, dict) else None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return resolve_base_model(base, first) if isinstance(base, str) else None
+
+
+def unresolved_base_message(adapter) -> str | None:
+    """What to do when an adapter records its base model as a relative path that is found nowhere."""
+    if adapter is None:
+        return None
+    first = next(iter(adapter.values())) if isinstance(adapter, dict) else adapter
+    try:
+        config = json.loads((Path(first).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base or Path(base).expanduser().is_absolute():
+        return None
+    if resolve_base_model(base, first) != base or Path(base).expanduser().is_dir():
+        return None
+    how = "a path relative to the folder it was trained in" if _looks_like_path(base) else \
+        "a Hub id, or a path relative to the folder it was trained in"
+    return (f"The adapter {first} records its base model as {base!r}, {how}; no such folder is next to the "
+            f"adapter or above it, nor here. Pass the base model explicitly: --model /path/to/the/model "
+            f"(load_model('/path/to/the/model', adapter=...)).")
 
 
 def check_label_set(label_set: LabelSet, path, what: str = "adapter") -> None:
@@ -95,9 +145,9 @@ def check_label_set(label_set: LabelSet, path, what: str = "adapter") -> None:
     if trained is None:
         return
     if set(trained.labels) != set(label_set.labels):
-        raise AstroVLMError(f"The label set {list(label_set.labels)} differs from the {what} {path}'s, which was "
-                            f"trained on {list(trained.labels)}. Evaluate with the labels it was trained on "
-                            "(leave out --labels/--preset to use them), or fine-tune a new one.")
+        raise AstroVLMError(f"The label set {list(label_set.labels)} differs from the {what} {path}'s, which "
+                            f"was trained on {list(trained.labels)}. Evaluate with the labels it was trained "
+                            "on (leave out --labels/--preset to use them), or fine-tune a new one.")
     if trained.prompt() != label_set.prompt():
         log.warning("The labels match the %s %s but the question or descriptions differ from its training "
                     "prompt; results may not reflect its training.", what, path)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 
 from ..errors import AstroVLMError
-from ..records import adapter_base_model, read_finetune_record
+from ..records import adapter_base_model, read_finetune_record, unresolved_base_message
 from .base import VLM
 
 __all__ = ["load_model", "DEFAULT_MODEL"]
@@ -20,13 +21,13 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 
 def _offline_message(spec: str, error: BaseException) -> str:
     return (f"Could not load model {spec!r}: it is not in the local Hugging Face cache and could not be "
-            f"downloaded ({type(error).__name__}). If this machine has no internet, download it where there is "
-            f"(`hf download {spec}`), copy the folder here and pass its path, e.g. "
+            f"downloaded ({type(error).__name__}). If this machine has no internet, download it where there "
+            f"is (`hf download {spec}`), copy the folder here and pass its path, e.g. "
             f"`--model /path/to/{spec.split('/')[-1]}`; or set HF_HOME to a copied cache.")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub (or $HF_ENDPOINT) accepts a TCP connection; False when offline mode is set."""
+    """Whether the Hugging Face Hub (or $HF_ENDPOINT) accepts a TCP connection; False in offline mode."""
     import socket
     from urllib.parse import urlparse
 
@@ -48,8 +49,8 @@ def _read_config(source: str, trust_remote_code: bool, local_files_only: bool):
                                           local_files_only=local_files_only)
     except ValueError as error:
         if "trust_remote_code" in str(error):
-            raise AstroVLMError(f"{source} needs custom code from its repository. Only if you trust its authors, "
-                                "pass trust_remote_code=True (--trust-remote-code).") from error
+            raise AstroVLMError(f"{source} needs custom code from its repository. Only if you trust its "
+                                "authors, pass trust_remote_code=True (--trust-remote-code).") from error
         raise AstroVLMError(f"{source} is not a model transformers can read: {error}") from error
 
 
@@ -90,6 +91,15 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str | None = No
     -------
     VLM
         An object with ``ask``, ``describe`` and ``classify``.
+
+    Raises
+    ------
+    AstroVLMError
+        Before anything heavy loads: an unknown device or tiling, a batch size that is not a positive
+        whole number, a model folder that is empty, damaged (truncated safetensors, invalid
+        ``config.json``) or holds only pickled weights, or an adapter folder that is damaged or
+        inconsistent. While loading: a missing tokenizer or image processor, weights that do not fit
+        ``config.json``, a model that is not a chat VLM, or an adapter made for another base model.
     """
     if spec is None:
         spec = adapter_base_model(adapter) or DEFAULT_MODEL
@@ -103,60 +113,171 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str | None = No
         return RemoteVLM(spec, served_model, **remote_options)
     if remote_options:
         raise AstroVLMError(f"Options {sorted(remote_options)} only apply to a server URL.")
-    return _load_local(spec, device=device, dtype=dtype, adapter=adapter, batch_size=batch_size, tiling=tiling,
-                       processor_kwargs=processor_kwargs, trust_remote_code=trust_remote_code)
+    whole = isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
+    if batch_size is not None and (not whole or batch_size < 1):
+        raise AstroVLMError(f"batch_size (--batch-size) must be a whole number of at least 1, got "
+                            f"{batch_size!r}.")
+    hint = unresolved_base_message(adapter) if spec == adapter_base_model(adapter) else None
+    try:
+        return _load_local(spec, device=device, dtype=dtype, adapter=adapter, batch_size=batch_size,
+                           tiling=tiling, processor_kwargs=processor_kwargs,
+                           trust_remote_code=trust_remote_code)
+    except AstroVLMError as error:
+        if hint is not None and not Path(spec).expanduser().is_dir():  # a relative base path, not found here
+            raise AstroVLMError(f"{hint} ({error})") from None
+        raise
 
 
-def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_kwargs, trust_remote_code):
-    from .image_tokens import processor_kwargs_for
+def _adapter_paths(adapter) -> list:
+    if adapter is None:
+        return []
+    return list(adapter.values()) if isinstance(adapter, dict) else [adapter]
 
-    path = Path(spec).expanduser()
-    looks_like_path = spec.startswith((".", "/", "~", "\\")) or spec.count("/") > 1 or path.exists()
-    if looks_like_path and not path.is_dir():
-        raise AstroVLMError(f"Model directory {path} does not exist. Pass an existing directory or a Hugging Face "
-                            "id such as HuggingFaceTB/SmolVLM-256M-Instruct.")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise AstroVLMError(f"{path} has no config.json; point --model at the folder that holds the model files.")
 
-    import torch  # noqa: F401  (heavy imports only now, when a model is first used)
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
+def _read_local_config(spec: str, path: Path, trust_remote_code: bool):
+    """The model's configuration, its source (folder or Hub id) and whether to stay offline."""
     source = str(path) if path.is_dir() else spec
     # Cached copies load without touching the network; only an uncached hub id goes online, and only
     # when the hub answers at all (otherwise huggingface_hub retries for half a minute).
-    local_only = True
     try:
-        config = _read_config(source, trust_remote_code, local_files_only=True)
+        return _read_config(source, trust_remote_code, local_files_only=True), source, True
     except OSError as error:
         if path.is_dir():
             raise AstroVLMError(f"Could not read the model configuration in {path}: {error}") from error
         if not _hub_reachable():
             raise AstroVLMError(_offline_message(spec, error)) from error
-        local_only = False
         try:
-            config = _read_config(source, trust_remote_code, local_files_only=False)
+            return _read_config(source, trust_remote_code, local_files_only=False), source, False
         except OSError as error:
             raise AstroVLMError(_offline_message(spec, error)) from error
-    from .devices import pick_device, pick_dtype
 
-    device = pick_device(device)
-    hidden = getattr(getattr(config, "text_config", config), "hidden_size", 576)
-    torch_dtype = pick_dtype(device, dtype, hidden)
+
+def _check_vocabulary(processor, config, spec: str, path: Path) -> None:
+    """Refuse a tokenizer that lacks the model's vocabulary (its vocabulary files were not copied).
+
+    transformers then builds a tokenizer from the added tokens alone, which turns every prompt into
+    no tokens at all.
+    """
+    from .model_files import MODEL_REFETCH, missing_processor_files
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    vocab = getattr(getattr(config, "text_config", config), "vocab_size", None)
+    if not vocab or len(tokenizer) * 2 >= vocab:
+        return
+    where = path if path.is_dir() else spec
+    missing = missing_processor_files(path) if path.is_dir() else []
+    what = f"it lacks {' and '.join(missing)}" if missing else "its vocabulary files are missing or damaged"
+    fix = MODEL_REFETCH.format(path=path) if path.is_dir() else "download the model again"
+    raise AstroVLMError(f"The tokenizer of {where} knows {len(tokenizer):,} tokens where the model has "
+                        f"{vocab:,}: {what}. Copy every file of the model, not only its weights: {fix}.")
+
+
+def _load_processor(source: str, spec: str, path: Path, trust_remote_code: bool, local_only: bool):
+    from transformers import AutoProcessor
+
+    from .model_files import MODEL_REFETCH, missing_processor_files
+
     try:
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                                  local_files_only=local_only)
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
-                                                            trust_remote_code=trust_remote_code,
-                                                            local_files_only=local_only)
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                             local_files_only=local_only)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        if not path.is_dir():
+            if isinstance(error, OSError):
+                raise AstroVLMError(_offline_message(spec, error)) from error
+            raise AstroVLMError(f"Could not read the processor (tokenizer and image processor) of {spec}: "
+                                f"{error}") from error
+        missing = missing_processor_files(path)
+        what = (f"it lacks {' and '.join(missing)}" if missing
+                else f"{type(error).__name__}: {str(error)[:300]}")
+        raise AstroVLMError(f"Could not read the processor (tokenizer and image processor) in {path}: "
+                            f"{what}. Copy every file of the model, not only its weights: "
+                            f"{MODEL_REFETCH.format(path=path)}.") from error
+
+
+def _damaged_weights(spec: str, path: Path, error: BaseException) -> AstroVLMError:
+    from .model_files import MODEL_REFETCH
+
+    if path.is_dir():
+        return AstroVLMError(f"The weights in {path} are damaged ({error}); "
+                             f"{MODEL_REFETCH.format(path=path)}.")
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cached = Path(HF_HUB_CACHE) / f"models--{spec.replace('/', '--')}"
+    return AstroVLMError(f"The weights of {spec} in the Hugging Face cache are damaged ({error}); delete "
+                         f"{cached} and load the model again to download a fresh copy.")
+
+
+def _load_weights(source: str, spec: str, path: Path, torch_dtype, trust_remote_code: bool, local_only: bool):
+    """The model, from safetensors only; refused if its weights do not fill the architecture of its config."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForImageTextToText
+
+    try:
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            local_files_only=local_only, output_loading_info=True)
+    except SafetensorError as error:
+        raise _damaged_weights(spec, path, error) from error
     except OSError as error:
         if path.is_dir():
-            raise AstroVLMError(f"Could not load the model in {path}: {error}. Weights must be safetensors.") from error
+            raise AstroVLMError(f"Could not load the model in {path}: {error}. Weights must be "
+                                "safetensors.") from error
+        if "safetensors" in str(error) and _hub_reachable():
+            raise AstroVLMError(f"{spec} has no safetensors weights; glue-astrovlm loads safetensors only, "
+                                "because reading pickled weights can run code. Use a copy of the model with "
+                                "model.safetensors.") from error
         raise AstroVLMError(_offline_message(spec, error)) from error
     except ValueError as error:
         raise AstroVLMError(f"{spec} is not a vision-language model that transformers can load as "
                             f"AutoModelForImageTextToText: {error}") from error
+    except RuntimeError as error:
+        if "size mismatch" not in str(error) and "mismatched_sizes" not in str(error):
+            raise
+        raise AstroVLMError(f"The weights of {spec} do not fit its config.json: some tensors have other "
+                            "shapes than the architecture it describes (the weights and config.json come "
+                            "from different models). Download the model again, whole.") from error
+    mismatched = {str(key) for key in info.get("mismatched_keys") or ()}
+    unfilled = sorted(set(info.get("missing_keys") or ()) | mismatched)
+    if unfilled:
+        raise AstroVLMError(f"The weights of {spec} do not belong to the architecture in its config.json: "
+                            f"{len(unfilled)} weight(s) are not in them (e.g. {', '.join(unfilled[:3])}) and "
+                            "would be random. The weights and config.json come from different models; "
+                            "download the model again, whole.")
+    return model
+
+
+def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_kwargs, trust_remote_code):
+    from .image_tokens import TILING_CHOICES, processor_kwargs_for
+    from .model_files import check_adapter_folder, check_model_folder, check_model_weights
+
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith((".", "/", "~", "\\")) or spec.count("/") > 1 or path.exists()
+    if path.is_file():
+        raise AstroVLMError(f"{path} is a file; pass the model's folder, which holds config.json and the "
+                            f"weights ({path.parent}?).")
+    if looks_like_path and not path.is_dir():
+        raise AstroVLMError(f"Model directory {path} does not exist. Pass an existing directory or a Hugging "
+                            "Face id such as HuggingFaceTB/SmolVLM-256M-Instruct.")
+    if tiling not in TILING_CHOICES:
+        raise AstroVLMError(f"Unknown tiling {tiling!r}; use one of {', '.join(TILING_CHOICES)}.")
+    if path.is_dir():
+        check_model_folder(path)
+    for adapter_path in _adapter_paths(adapter):  # a broken adapter fails before the model loads
+        check_adapter_folder(adapter_path)
+    from .devices import pick_device, pick_dtype
+
+    device = pick_device(device)
+    config, source, local_only = _read_local_config(spec, path, trust_remote_code)
+    if path.is_dir():
+        check_model_weights(path)  # truncated, missing or pickled weights: before anything loads
+    hidden = getattr(getattr(config, "text_config", config), "hidden_size", 576)
+    torch_dtype = pick_dtype(device, dtype, hidden)
+    processor = _load_processor(source, spec, path, trust_remote_code, local_only)
+    _check_vocabulary(processor, config, spec, path)
+    model = _load_weights(source, spec, path, torch_dtype, trust_remote_code, local_only)
     if getattr(processor, "chat_template", None) is None:
-        raise AstroVLMError(f"{spec} has no chat template; glue-astrovlm needs an instruction-tuned (chat) VLM.")
+        raise AstroVLMError(f"{spec} has no chat template; glue-astrovlm needs an instruction-tuned (chat) "
+                            "VLM.")
     model.to(device).eval()
     from .local import LocalVLM
 

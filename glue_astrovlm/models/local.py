@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import AstroVLMError
 from ..labelsets import LabelSet
-from ..records import adapter_base_model, read_finetune_record
+from ..records import read_finetune_record, resolve_base_model
 from .base import VLM, ModelImage, OperationCancelled, classification_result, text_result
+from .model_files import ADAPTER_REMAKE
 from .scoring import score_labels_cached
 
 __all__ = ["LocalVLM"]
@@ -24,6 +27,60 @@ def _is_oom(error: BaseException) -> bool:
     import torch
 
     return isinstance(error, getattr(torch, "OutOfMemoryError", ())) or "out of memory" in str(error).lower()
+
+
+def _same_model(a: str | None, b: str | None) -> bool:
+    """Whether two model names or paths name the same model (folders compared after resolving)."""
+    if not a or not b:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.is_dir() and pb.is_dir():
+        return pa.resolve() == pb.resolve()
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def _adapter_misfit_message(files, vlm: "LocalVLM", problem: str) -> str:
+    """Why an adapter that peft could not apply does not fit ``vlm``: another base model, or damaged files."""
+    base = resolve_base_model(files.base_model, files.path)
+    base_model = vlm.model.get_base_model() if hasattr(vlm.model, "get_base_model") else vlm.model
+    this_class = type(base_model).__name__
+    other_class = files.base_class is not None and files.base_class != this_class
+    where = f"The adapter {files.path} does not fit {vlm.name}"
+    if base and other_class:
+        return (f"{where}: it was trained on {base}; load that model (--model {base}). The adapter was made "
+                f"for a {files.base_class}, and this model is a {this_class}. ({problem})")
+    if base and not _same_model(base, vlm.name):
+        return (f"{where}: it was trained on {base}; load that model (--model {base}). If {vlm.name} is a "
+                f"copy of it, the adapter's files are damaged: {ADAPTER_REMAKE}. ({problem})")
+    if other_class:
+        return (f"{where}: it was trained on a {files.base_class}, and this model is a {this_class}; load "
+                f"the model it was trained on. ({problem})")
+    if base or files.base_class:
+        named = "the base model its adapter_config.json names" if base else "of the class it was made for"
+        return (f"{where}, although that is {named}: {problem}. Its adapter_config.json and "
+                f"adapter_model.safetensors do not match; {ADAPTER_REMAKE}.")
+    return (f"{where}: {problem}. It records no base model: load the model it was trained on, or, if that is "
+            f"{vlm.name}, {ADAPTER_REMAKE}.")
+
+
+def _remove_adapter_layers(model) -> None:
+    """Undo a failed first adapter load: put back the layers peft wrapped, drop its configuration."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import other
+
+    # peft 0.15 added AuxiliaryTrainingWrapper as the base of ModulesToSaveWrapper
+    wrapper = getattr(other, "AuxiliaryTrainingWrapper", other.ModulesToSaveWrapper)
+    for module_name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            original = module.get_base_layer()
+        elif isinstance(module, wrapper):
+            original = module.original_module
+        else:
+            continue
+        parent_name, _, child = module_name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, original)
+    if hasattr(model, "peft_config"):
+        del model.peft_config
 
 
 class LocalVLM(VLM):
@@ -86,34 +143,30 @@ class LocalVLM(VLM):
             Name to switch to it by; defaults to the directory name.
         activate : bool
             Make it the active adapter.
-        """
-        from peft import PeftModel
 
-        path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise AstroVLMError(f"{path} is not a LoRA adapter directory (no adapter_config.json).")
-        if not (path / "adapter_model.safetensors").is_file():
-            raise AstroVLMError(f"{path} has no adapter_model.safetensors. Only safetensors adapters are loaded "
-                                "(pickled .bin files can run code); re-save it with save_pretrained("
-                                "safe_serialization=True).")
+        Returns
+        -------
+        str
+            The adapter's name.
+
+        Raises
+        ------
+        AstroVLMError
+            If the folder is not a complete safetensors adapter or is inconsistent (see
+            `~glue_astrovlm.models.model_files.check_adapter_folder`), or if the adapter does not fit
+            this model (the message names the base model it was trained on). The model is left as it
+            was: a failed load adds no layer to it.
+        """
+        from .model_files import check_adapter_folder
+
+        files = check_adapter_folder(path)
+        path = files.path
         name = name or path.name
         if name in self._adapters:
             raise AstroVLMError(f"An adapter named {name!r} is already loaded; choose another name.")
-        from .compat import peft_quietly
-
-        try:
-            with peft_quietly():
-                if not self._adapters:
-                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
-                                                           is_trainable=False)
-                else:
-                    self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        except (ValueError, KeyError, RuntimeError) as error:  # peft's errors for another architecture
-            base = adapter_base_model(path)
-            hint = f"it was trained on {base}; load that model (--model {base})" if base else \
-                "load the model it was trained on"
-            raise AstroVLMError(f"The adapter {path} does not fit {self.name}: {hint}. ({type(error).__name__}: "
-                                f"{str(error)[:200]})") from error
+        misfit = self._attach_adapter(path, name)
+        if misfit is not None:
+            raise AstroVLMError(_adapter_misfit_message(files, self, misfit))
         self.model.eval()
         self._adapters.append(name)
         record = read_finetune_record(path)
@@ -125,6 +178,41 @@ class LocalVLM(VLM):
         else:
             self.set_adapter(self.adapter)
         return name
+
+    def _attach_adapter(self, path: Path, name: str) -> str | None:
+        """Add the adapter's layers and weights with peft; on failure undo it and return what went wrong.
+
+        Weights peft cannot place (another architecture's layer names) would leave the adapter's layers
+        at their initial values: they count as a failure too.
+        """
+        from peft import PeftModel
+
+        from .compat import peft_quietly
+
+        first = not self._adapters
+        try:
+            with peft_quietly(), warnings.catch_warnings():
+                warnings.filterwarnings("error", message="Found missing adapter keys", category=UserWarning)
+                if first:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
+                                                           is_trainable=False)
+                    return None
+                result = self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            missing = list(result.missing_keys)
+            if not missing:
+                return None
+            problem = (f"its weights lack {len(missing)} of the LoRA tensors its configuration adds to this "
+                       f"model (e.g. {missing[0]})")
+        except UserWarning as warning:  # peft's missing-keys warning, raised by the filter above
+            count = len(re.findall(r"'[^']+'", str(warning)))
+            problem = f"its weights lack {count} of the LoRA tensors its configuration adds to this model"
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:  # peft's errors for another model
+            problem = f"{type(error).__name__}: {str(error)[:200].rstrip('.')}"
+        if first:
+            _remove_adapter_layers(self.model)
+        elif name in getattr(self.model, "peft_config", {}):
+            self.model.delete_adapter(name)
+        return problem
 
     def set_adapter(self, name: str | None) -> None:
         """Make adapter ``name`` active, or use the base model with ``None``."""

@@ -63,8 +63,8 @@ def conversation_segments(vlm, turns: Sequence[tuple[str, str]]) -> list[tuple[s
         prefix = template(messages[:index], add_generation_prompt=True)
         full = template(messages[: index + 1])
         if not prefix.startswith(covered) or not full.startswith(prefix):
-            raise AstroVLMError(f"The chat template of {vlm.name} rewrites earlier turns, so its conversations "
-                                "cannot be split into prompts and answers for training.")
+            raise AstroVLMError(f"The chat template of {vlm.name} rewrites earlier turns, so its "
+                                "conversations cannot be split into prompts and answers for training.")
         answer = full[len(prefix):].rstrip()
         if not answer:
             raise AstroVLMError(f"An answer turn renders to no text with the chat template of {vlm.name}.")

@@ -382,3 +382,117 @@ def test_describe_refuses_a_prompt_that_is_not_text(tiny_smolvlm, images, forwar
     answer = tiny_smolvlm.ask(images[0], np.str_("Is there a jet?"), max_new_tokens=np.int64(2))
     assert answer[0].task == "ask"
     assert forward_calls  # the hook sees the model's work when there is some
+
+
+# ------------------------------------------------------------------------- damaged and mismatched adapters
+@pytest.fixture(scope="module")
+def saved_adapter(tiny_smolvlm_dir, tmp_path_factory):
+    """A real LoRA adapter (rank 4, non-zero weights) of the tiny SmolVLM, saved by peft."""
+    return _save_lora(tiny_smolvlm_dir, tmp_path_factory.mktemp("adapter") / "lora", 5)
+
+
+def _adapter_copy(saved_adapter, tmp_path, name="copy"):
+    import shutil
+
+    return shutil.copytree(saved_adapter, tmp_path / name)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncate", r"adapter_model\.safetensors is truncated"),
+    ("empty", r"adapter_model\.safetensors is not a safetensors file \(it is empty"),
+    ("config-not-json", r"adapter_config\.json is not valid JSON"),
+    ("config-a-list", r"adapter_config\.json is not a peft adapter configuration \(no 'peft_type'\)"),
+    ("rank-not-a-number", r"gives the LoRA rank r='4', which is not a positive whole number"),
+])
+def test_damaged_adapter_files_name_the_file_and_the_fix(tiny_smolvlm_dir, saved_adapter, tmp_path, damage,
+                                                        expected):
+    adapter = _adapter_copy(saved_adapter, tmp_path)
+    weights, config_file = adapter / "adapter_model.safetensors", adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "config-not-json":
+        config_file.write_text('{"peft_type": "LORA", "r": 4')
+    elif damage == "config-a-list":
+        config_file.write_text("[1, 2]")
+    else:
+        config_file.write_text(json.dumps({**config, "r": "4"}))
+    with pytest.raises(AstroVLMError, match=expected) as caught:
+        load_model(tiny_smolvlm_dir, dtype="float32", adapter=adapter)
+    assert "astrovlm finetune" in str(caught.value)
+    assert "does not fit" not in str(caught.value)  # not blamed on the base model
+
+
+def test_rank_mismatch_is_an_inconsistent_adapter_not_a_wrong_base(tiny_smolvlm_dir, saved_adapter, tmp_path):
+    adapter = _adapter_copy(saved_adapter, tmp_path)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+    with pytest.raises(AstroVLMError) as caught:
+        load_model(tiny_smolvlm_dir, dtype="float32", adapter=adapter)
+    message = str(caught.value)
+    assert f"The adapter {adapter} is inconsistent: adapter_config.json says LoRA rank r=8" in message
+    assert "holds rank-4 weights" in message and "lora_A.weight" in message
+    assert "load the model it was trained on" not in message and "load that model" not in message
+
+
+def test_adapter_of_another_architecture_is_refused_and_leaves_the_model_alone(
+        tiny_smolvlm_dir, tiny_llava_dir, tmp_path, images):
+    """Its q_proj/v_proj targets exist in both models, so peft would add layers and leave them untrained."""
+    adapter = _save_lora(tiny_llava_dir, tmp_path / "llava-lora", 6)
+    vlm = load_model(tiny_smolvlm_dir, dtype="float32")
+    before = vlm.classify(images[0], ["FRI", "FRII"])[0].probabilities
+    with pytest.raises(AstroVLMError) as caught:
+        vlm.load_adapter(adapter)
+    message = str(caught.value)
+    assert f"does not fit {tiny_smolvlm_dir}: it was trained on {tiny_llava_dir}; load that model" in message
+    assert "made for a LlavaForConditionalGeneration, and this model is a Idefics3ForConditionalGeneration" \
+        in message
+    assert vlm.adapters == [] and not hasattr(vlm.model, "peft_config")
+    assert not any("lora_" in name for name, _ in vlm.model.named_modules())
+    assert vlm.classify(images[0], ["FRI", "FRII"])[0].probabilities == pytest.approx(before, abs=1e-6)
+    vlm.load_adapter(_save_lora(tiny_smolvlm_dir, tmp_path / "smol-lora", 7))  # still takes a good one
+    assert vlm.adapters == ["smol-lora"]
+    with pytest.raises(AstroVLMError, match="trained on .*tiny-llava"):
+        vlm.load_adapter(adapter, "second")  # a failed second adapter is removed again
+    assert vlm.adapters == ["smol-lora"] and list(vlm.model.peft_config) == ["smol-lora"]
+
+
+def test_adapter_whose_weights_fit_no_layer_of_its_own_base(tiny_smolvlm_dir, saved_adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    adapter = _adapter_copy(saved_adapter, tmp_path)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({key.replace("q_proj", "w_proj"): value for key, value in weights.items()},
+              adapter / "adapter_model.safetensors")
+    with pytest.raises(AstroVLMError) as caught:
+        load_model(tiny_smolvlm_dir, dtype="float32", adapter=adapter)
+    message = str(caught.value)
+    assert f"does not fit {tiny_smolvlm_dir}, although that is the base model its adapter_config.json " \
+        "names" in message
+    assert "its weights lack" in message and "adapter_model.safetensors do not match" in message
+
+
+def test_relative_base_path_of_an_old_adapter(tiny_smolvlm_dir, saved_adapter, tmp_path, monkeypatch):
+    """Adapters from before base paths were absolute: found from the adapter's folder, or explained."""
+    import os
+
+    adapter = _adapter_copy(saved_adapter, tmp_path)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    relative = os.path.relpath(tiny_smolvlm_dir, tmp_path)  # as recorded when trained from tmp_path
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": relative}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    vlm = load_model(adapter=adapter, dtype="float32")
+    assert vlm.name == str(tiny_smolvlm_dir) and vlm.adapters == ["copy"]
+    lost = _adapter_copy(saved_adapter, tmp_path, "lost")
+    lost_config = {**config, "base_model_name_or_path": "./models/gone"}
+    (lost / "adapter_config.json").write_text(json.dumps(lost_config))
+    with pytest.raises(AstroVLMError) as caught:
+        load_model(adapter=lost, dtype="float32")
+    message = str(caught.value)
+    assert "records its base model as './models/gone', a path relative to the folder it was trained " \
+        "in" in message
+    assert "Pass the base model explicitly: --model /path/to/the/model" in message

@@ -1,6 +1,8 @@
 """`astrovlm finetune`: every method for two steps on real FIRST images, loadable output, resume, errors."""
 
 import json
+import os
+import stat
 
 import pytest
 from safetensors.torch import load_file
@@ -17,6 +19,12 @@ def run(capsys, *argv):
     status = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def file_modes(folder) -> dict[str, int]:
+    """The permission bits of every file under ``folder``."""
+    return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode)
+            for p in folder.rglob("*") if p.is_file()}
 
 
 def tiny_config(method, **kw):
@@ -54,10 +62,14 @@ def test_lora_adapter_is_loadable_and_changes_predictions(tiny_smolvlm_dir, firs
 
 
 @pytest.mark.parametrize("method", ["full", "projector"])
-def test_full_and_projector_save_a_model_folder(tiny_smolvlm_dir, first_small, tmp_path, method):
+def test_full_and_projector_save_a_model_folder(tiny_smolvlm_dir, first_small, tmp_path, method, umask):
     data = load_dataset(first_small)
     out = tmp_path / method
+    umask(0o022)
     result = finetune(tiny_smolvlm_dir, data, out, label_set=LABELS, config=tiny_config(method), show_progress=False)
+    modes = file_modes(out)  # safetensors alone would write model.safetensors as 0600
+    assert "model.safetensors" in modes and "checkpoints/checkpoint-2/model.safetensors" in modes
+    assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
     assert not result.is_adapter
     for name in ("config.json", "model.safetensors", "astrovlm_model.json", "README.md", "tokenizer.json"):
         assert (out / name).is_file(), name
@@ -72,11 +84,17 @@ def test_full_and_projector_save_a_model_folder(tiny_smolvlm_dir, first_small, t
     assert a.probabilities != pytest.approx(b.probabilities, abs=1e-6)
 
 
-def test_two_stage_saves_one_adapter_with_the_projector(tiny_smolvlm_dir, first_small, tmp_path):
+def test_two_stage_saves_one_adapter_with_the_projector(tiny_smolvlm_dir, first_small, tmp_path, umask):
     data = load_dataset(first_small)
     out = tmp_path / "two"
+    umask(0o027)  # the files follow the umask, whichever it is
     finetune(tiny_smolvlm_dir, data, out, label_set=LABELS, config=tiny_config("two-stage", lora_r=4),
              show_progress=False)
+    modes = file_modes(out)
+    assert {"adapter_model.safetensors", "adapter_config.json", "astrovlm_adapter.json", "README.md",
+            "checkpoints/stage1/stage1_projector.safetensors"} <= set(modes)
+    assert {name: mode for name, mode in modes.items() if mode != 0o640} == {}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or temporary file left
     weights = load_file(out / "adapter_model.safetensors")
     assert any("connector" in key for key in weights) and any("lora_" in key for key in weights)
     vlm = load_model(tiny_smolvlm_dir, dtype="float32", adapter=out)
@@ -222,3 +240,18 @@ def test_classify_uses_the_adapters_labels_and_warns_on_others(capsys, caplog, t
 def test_adapter_on_another_architecture_says_which_base_it_needs(tiny_smolvlm_dir, tiny_llava_dir, cli_adapter):
     with pytest.raises(AstroVLMError, match=f"does not fit .*trained on {tiny_smolvlm_dir}; load that model"):
         load_model(tiny_llava_dir, dtype="float32", adapter=cli_adapter)
+
+
+def test_base_model_is_recorded_absolute_and_loads_from_any_folder(tiny_smolvlm_dir, first_small, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tiny_smolvlm_dir.parent)
+    out = tmp_path / "relative"
+    finetune(tiny_smolvlm_dir.name, load_dataset(first_small), out, label_set=LABELS,
+             config=FinetuneConfig(max_steps=1, batch_size=4, lora_r=2), show_progress=False)
+    config = json.loads((out / "adapter_config.json").read_text())
+    record = json.loads((out / "astrovlm_adapter.json").read_text())
+    assert config["base_model_name_or_path"] == record["base_model"] == str(tiny_smolvlm_dir.resolve())
+    assert os.path.isabs(record["base_model"])
+    monkeypatch.chdir(tmp_path)  # where the relative name means nothing
+    vlm = load_model(adapter=out, dtype="float32")
+    assert vlm.adapters == ["relative"] and vlm.name == str(tiny_smolvlm_dir.resolve())
