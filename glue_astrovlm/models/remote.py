@@ -84,6 +84,9 @@ MAX_ANSWER_BYTES = 16 * 2**20
 #: Most requests in flight at once; more gain nothing from one server.
 MAX_CONCURRENCY = 256
 
+#: Longest ``timeout`` or ``backoff`` in seconds (about 11 days; sockets cannot wait much longer).
+MAX_SECONDS = 1e6
+
 #: The only host that ``$OPENAI_API_KEY`` is sent to (over https).
 OPENAI_API_HOST = "api.openai.com"
 
@@ -274,9 +277,10 @@ def _count(name: str, value: Any, least: int, most: int | None = None) -> int:
 
 def _seconds(name: str, value: Any, positive: bool) -> float:
     if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or value < 0 or (positive and value == 0)):
+            or value < 0 or (positive and value == 0) or value > MAX_SECONDS):
         kind = "positive" if positive else "non-negative"
-        raise AstroVLMError(f"{name} must be a {kind} number of seconds, got {value!r}.")
+        raise AstroVLMError(f"{name} must be a {kind} number of seconds up to {MAX_SECONDS:.0e}, "
+                            f"got {value!r}.")
     return float(value)
 
 
