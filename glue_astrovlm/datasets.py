@@ -34,7 +34,7 @@ from .labelsets import LabelSet
 from .stretch import Stretch
 
 __all__ = ["ImageItem", "ImageDataset", "load_dataset", "load_image_folders", "load_image_table",
-           "load_fits_catalog", "load_llava_json", "load_captions", "IMAGE_SUFFIXES", "DATASET_KINDS"]
+           "load_fits_catalog", "load_llava_json", "load_captions", "check_images", "IMAGE_SUFFIXES", "DATASET_KINDS"]
 
 log = logging.getLogger("glue_astrovlm")
 
@@ -109,17 +109,17 @@ class ImageItem:
 
         if not 0 < crop <= 1:
             raise AstroVLMError(f"crop must be a fraction in (0, 1], got {crop}.")
-        source = open_image(self.path, hdu=self.hdu)
         extra = {"file": str(self.path), "true_label": self.label or ""}
-        if self.position is None and self.size is None and crop == 1:
-            cutout = whole_image(source, stretch=stretch)
-        else:
-            ny, nx = source.image_shape
-            position = self.position if self.position is not None else ((nx - 1) / 2, (ny - 1) / 2)
-            size = self.size if self.size is not None else (ny, nx)
-            if crop != 1:
-                size = _scaled_size(size, crop)
-            cutout = cutout_at(source, position, size, stretch=stretch, source_id=self.item_id)
+        with open_image(self.path, hdu=self.hdu) as source:  # the file is closed again, also on errors
+            if self.position is None and self.size is None and crop == 1:
+                cutout = whole_image(source, stretch=stretch)
+            else:
+                ny, nx = source.image_shape
+                position = self.position if self.position is not None else ((nx - 1) / 2, (ny - 1) / 2)
+                size = self.size if self.size is not None else (ny, nx)
+                if crop != 1:
+                    size = _scaled_size(size, crop)
+                cutout = cutout_at(source, position, size, stretch=stretch, source_id=self.item_id)
         provenance = replace(cutout.provenance, source_id=self.item_id,
                              extra={**cutout.provenance.extra, **extra})
         return replace(cutout, provenance=provenance)

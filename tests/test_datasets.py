@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from glue_astrovlm import AstroVLMError, LabelSet
+from glue_astrovlm import AstroVLMError, LabelSet, Stretch
 from glue_astrovlm.datasets import (ImageDataset, load_captions, load_dataset, load_fits_catalog, load_image_folders,
                                     load_image_table, load_llava_json)
 
@@ -68,9 +68,15 @@ def test_cutout_uses_engine_stretch_and_centre_crop(small_folders):
     assert half.shape == (150, 150)
     assert half.provenance.bbox == (75, 225, 75, 225)
     np.testing.assert_array_equal(half.data, whole.data[75:225, 75:225])
-    assert half.stretch.describe() == "zscale(contrast=0.25)+linear"
-    image = np.asarray(half.to_image())
-    assert image.shape == (150, 150, 3) and image.max() == 255  # the stretch makes the faint source visible
+    assert half.stretch_text() == "as displayed"  # a PNG is already rendered: the model gets its pixels
+    from PIL import Image
+
+    file_pixels = np.asarray(Image.open(item.path).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(whole.to_image()), file_pixels)
+    stretched = item.cutout(stretch=Stretch(), crop=0.5)  # asked for: the astronomer's stretch
+    assert stretched.stretch_text() == "zscale(contrast=0.25)+linear"
+    image = np.asarray(stretched.to_image())
+    assert image.shape == (150, 150, 3) and image.max() == 255
     with pytest.raises(AstroVLMError, match="crop"):
         item.cutout(crop=1.5)
 

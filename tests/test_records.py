@@ -8,7 +8,6 @@ from glue_astrovlm import AstroVLMError, LabelSet
 from glue_astrovlm.records import (ADAPTER_RECORD, adapter_base_model, check_label_set, evaluation_setup,
                                    finetune_records, read_finetune_record, recorded_crop, recorded_label_set,
                                    recorded_stretch)
-from glue_astrovlm.stretch import DEFAULT_STRETCH
 
 
 class _Data:
@@ -35,7 +34,7 @@ def test_a_record_brings_labels_stretch_crop_and_base(tmp_path):
         recorded_stretch(record).stretch == "asinh"
     assert recorded_stretch(record, stretch="linear", contrast=None).stretch == "linear"  # given options win
     assert recorded_crop(record) == 0.5 and recorded_crop(record, 0.8) == 0.8 and recorded_crop(None) == 1.0
-    assert recorded_stretch(None) == DEFAULT_STRETCH
+    assert recorded_stretch(None) is None  # nothing recorded or given: automatic (data stretched, pictures not)
     assert adapter_base_model(folder) == "/models/smolvlm"
     assert adapter_base_model({"first": folder}) == "/models/smolvlm"
     assert adapter_base_model(tmp_path / "nothing") is None
@@ -65,4 +64,4 @@ def test_evaluation_setup_uses_the_record_unless_told_otherwise(tmp_path):
     given = evaluation_setup(records, _Data(), stretch_options={"interval": "zscale"}, crop=1.0)
     assert given.stretch.interval == "zscale" and given.crop == 1.0
     plain = evaluation_setup([], _Data(), question="What is it?")
-    assert plain.label_set.question == "What is it?" and plain.stretch == DEFAULT_STRETCH and plain.crop == 1.0
+    assert plain.label_set.question == "What is it?" and plain.stretch is None and plain.crop == 1.0

@@ -87,6 +87,9 @@ def command_eval(args) -> int:
     places += [(model, "model") for model in [args.model, *args.compare_model]]
     setup = evaluation_setup(finetune_records(places), dataset, labels=labels_from_args(args),
                              question=args.question, stretch_options=stretch_options(args), crop=args.crop)
+    from ..datasets import check_images
+
+    check_images(dataset, crop=setup.crop, what="evaluation")  # every image, before any model loads
     report = evaluate(_systems(args, adapters), dataset, setup.label_set, stretch=setup.stretch, crop=setup.crop,
                       limit=args.limit, seed=args.seed, show_progress=True)
     written = report.write(out_dir, format=args.format, overwrite=args.overwrite, plots=not args.no_plots)

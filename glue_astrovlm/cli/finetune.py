@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..stretch import DEFAULT_STRETCH
 from .evaluate import dataset_from_args, stretch_options
 from .parser import FINETUNE_OPTIONS
 from .run import labels_from_args
@@ -29,16 +28,12 @@ def command_finetune(args) -> int:
     labels = labels_from_args(args)
     if labels is None and Path(args.model).is_dir():
         labels = recorded_label_set(read_finetune_record(args.model))
-    stretch = recorded_stretch(None, **stretch_options(args)) or DEFAULT_STRETCH
-    vlm = None
-    if args.tiling != "single" or args.trust_remote_code:
-        from ..models.loading import load_model
-
-        vlm = load_model(args.model, device=args.device, dtype="float32", tiling=args.tiling,
-                         trust_remote_code=args.trust_remote_code)
-    result = finetune(vlm or args.model, train, args.out, label_set=labels, val=val, config=config,
-                      stretch=stretch, crop=args.crop if args.crop is not None else 1.0, resume=args.resume,
-                      overwrite=args.overwrite, device=args.device, show_progress=not args.no_progress)
+    stretch = recorded_stretch(None, **stretch_options(args))  # None: data stretched, pictures as they are
+    load_options = {"tiling": args.tiling, "trust_remote_code": args.trust_remote_code}
+    result = finetune(args.model, train, args.out, label_set=labels, val=val, config=config, stretch=stretch,
+                      crop=args.crop if args.crop is not None else 1.0, resume=args.resume,
+                      overwrite=args.overwrite, device=args.device, show_progress=not args.no_progress,
+                      load_options=load_options)
     record = result.record
     print(f"{record['method']}: {record['steps']} updates, {record['epochs']:.2f} epochs in "
           f"{record['train_seconds']:.0f} s; last training loss {record['final_loss']:.4f}")

@@ -167,7 +167,7 @@ def _add_model_options(parser, *, serving: bool = True) -> None:
                             f"(default: the base model of --adapter, else {DEFAULT_MODEL}, downloaded on first use)")
     group.add_argument("--adapter", action="append", metavar="[NAME=]PATH",
                        help="LoRA adapter directory (safetensors); repeat for several, the first is used")
-    group.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the first available)")
+    group.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (default: the first available)")
     group.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bf16 on GPU, measured on CPU)")
     group.add_argument("--batch-size", type=positive_int, help="images per forward pass (default 16 GPU, 1 CPU)")
     group.add_argument("--tiling", choices=TILING_CHOICES, default="single",
@@ -177,7 +177,7 @@ def _add_model_options(parser, *, serving: bool = True) -> None:
     if serving:
         group.add_argument("--served-model", help="for a server URL: the served model name")
         group.add_argument("--timeout", type=positive_float, default=60.0,
-                           help="for a server URL: seconds per request")
+                           help="for a server URL: seconds for each whole request, connecting to last byte")
 
 
 def _add_output_options(parser) -> None:
@@ -302,7 +302,8 @@ FINETUNE_OPTIONS = (
     ("--early-stopping", "early_stopping", positive_int, "training",
      "stop after N validations without a better accuracy (needs --val)"),
     ("--eval-batch-size", "eval_batch_size", positive_int, "training", "images per validation forward pass"),
-    ("--cache-gb", "cache_gb", float, "training", "memory for encoded training examples (about 3 MB per image)"),
+    ("--cache-gb", "cache_gb", float, "training",
+     "memory for encoded training examples (about 3 MB per image; 0 keeps none)"),
 )
 
 
@@ -339,7 +340,7 @@ def _add_finetune_parser(sub) -> None:
     _add_data_options(tune, "finetune")
     model = tune.add_argument_group("model")
     model.add_argument("--model", default=DEFAULT_MODEL, help=f"base model: Hub id or directory (default {DEFAULT_MODEL})")
-    model.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the first available)")
+    model.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (default: the first available)")
     model.add_argument("--tiling", choices=TILING_CHOICES, default="single",
                        help="image tokens per cutout: one tile (default) or the processor's own tiling")
     model.add_argument("--trust-remote-code", action="store_true",

@@ -501,12 +501,41 @@ class RemoteVLM(VLM):
         self._method_lock = threading.Lock()
         self._closed = False
 
+        headers, auth = self._credentials(scheme, host, user, password)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        try:
+            transport = DeadlineTransport(limits, _proxy_for(scheme, host))
+        except ValueError as error:  # httpx.Proxy refuses the proxy URL
+            raise AstroVLMError(f"The proxy set in the environment for {scheme} cannot be used ({error}); "
+                                f"fix $HTTPS_PROXY / $HTTP_PROXY / $ALL_PROXY or add {host} to $NO_PROXY."
+                                ) from None
+        self._client = httpx.Client(transport=transport, headers=headers, auth=auth,
+                                    timeout=httpx.Timeout(self.timeout), follow_redirects=False)
+
+        self.model = None if model is None else (str(model).strip() or None)
+        if self.model is None:
+            try:
+                self.model = self._served_model()
+            except BaseException:
+                self._client.close()
+                raise
+        self.name = f"{self.model} @ {self.url}" if self.model else f"{self.url} (the server's model)"
+        log.info("Remote model %s: timeout %g s per request, %d retries, %d requests at once, classify "
+                 "method %s, %s", self.name, self.timeout, self.max_retries, self.concurrency,
+                 self.classify_method,
+                 f"API key from ${self.api_key_source}" if self.api_key_source else "no API key")
+
+
+    def _credentials(self, scheme: str, host: str, user: str, password: str):
+        """The headers and auth of every request, choosing the key (see the class docstring's rule)."""
+        import httpx
+
         # the project's key goes to the server the user chose; OpenAI's key only to OpenAI's API
-        own_key = os.environ.get(api_key_env, "").strip()
+        own_key = os.environ.get(self.api_key_env, "").strip()
         openai_key = os.environ.get("OPENAI_API_KEY", "").strip()
         is_openai = scheme == "https" and host == OPENAI_API_HOST
         if own_key:
-            key, self.api_key_source = own_key, api_key_env
+            key, self.api_key_source = own_key, self.api_key_env
         elif openai_key and is_openai:
             key, self.api_key_source = openai_key, "OPENAI_API_KEY"
         else:
@@ -530,28 +559,7 @@ class RemoteVLM(VLM):
         if (key or password) and scheme == "http" and not _is_loopback(host):
             log.warning("The API key or password is sent unencrypted over http to %s; use https or an SSH "
                         "tunnel.", host)
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        try:
-            transport = DeadlineTransport(limits, _proxy_for(scheme, host))
-        except ValueError as error:  # httpx.Proxy refuses the proxy URL
-            raise AstroVLMError(f"The proxy set in the environment for {scheme} cannot be used ({error}); "
-                                f"fix $HTTPS_PROXY / $HTTP_PROXY / $ALL_PROXY or add {host} to $NO_PROXY."
-                                ) from None
-        self._client = httpx.Client(transport=transport, headers=headers, auth=auth,
-                                    timeout=httpx.Timeout(self.timeout), follow_redirects=False)
-
-        self.model = None if model is None else (str(model).strip() or None)
-        if self.model is None:
-            try:
-                self.model = self._served_model()
-            except BaseException:
-                self._client.close()
-                raise
-        self.name = f"{self.model} @ {self.url}" if self.model else f"{self.url} (the server's model)"
-        log.info("Remote model %s: timeout %g s per request, %d retries, %d requests at once, classify "
-                 "method %s, %s", self.name, self.timeout, self.max_retries, self.concurrency,
-                 self.classify_method,
-                 f"API key from ${self.api_key_source}" if self.api_key_source else "no API key")
+        return headers, auth
 
     # ------------------------------------------------------------------ lifecycle
     @property

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from ..errors import AstroVLMError
 from ..labelsets import LabelSet
-from ..stretch import DEFAULT_STRETCH, Stretch
+from ..stretch import Stretch
 
 __all__ = ["IGNORE_INDEX", "conversation_segments", "encode_segments", "encode_classification",
            "EncodedExamples", "VisionLanguageCollator"]
@@ -149,8 +149,8 @@ class EncodedExamples:
         Classification, conversation or caption data.
     label_set : LabelSet, optional
         Required for classification data.
-    stretch : Stretch
-        Engine stretch used to turn pixels into the model image.
+    stretch : Stretch, optional
+        Engine stretch used to turn pixels into the model image (by default as `ImageItem.cutout`).
     crop : float
         Central fraction of each image kept (see `ImageItem.cutout`).
     max_length : int, optional
@@ -161,7 +161,7 @@ class EncodedExamples:
         epoch. Beyond it, the small model images are cached and the processor runs again.
     """
 
-    def __init__(self, vlm, dataset, label_set: LabelSet | None = None, *, stretch: Stretch = DEFAULT_STRETCH,
+    def __init__(self, vlm, dataset, label_set: LabelSet | None = None, *, stretch: Stretch | None = None,
                  crop: float = 1.0, max_length: int | None = None, cache_bytes: int = 2 * 1024**3):
         if dataset.kind == "classification" and label_set is None:
             raise AstroVLMError("Classification data need a label set.")

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import AstroVLMError
 from ..labelsets import LabelSet
 from ..records import ADAPTER_RECORD, MODEL_RECORD
-from ..stretch import DEFAULT_STRETCH, Stretch
+from ..stretch import Stretch
 from .architecture import lora_target_regex, model_parts
 from .config import DEFAULT_LEARNING_RATES, METHODS, FinetuneConfig
 from .data import EncodedExamples
@@ -436,7 +436,8 @@ def _record(vlm, run: dict, train, val, label_set, config: FinetuneConfig, stret
             "descriptions": list(label_set.descriptions), "question": label_set.question,
             "prompt_hash": label_set.prompt_hash()},
         "data": train.describe(), "validation_data": val.describe() if val is not None else None,
-        "stretch": stretch.to_dict(), "stretch_text": stretch.describe(), "crop": crop,
+        "stretch": stretch.to_dict() if stretch is not None else None,
+        "stretch_text": train.items[0].cutout(stretch, crop).stretch_text(), "crop": crop,
         "hyperparameters": config.to_dict(), "trainable_parameters": counts[0], "total_parameters": counts[1],
         "modules": {"vision": parts.vision, "projector": parts.projector, "text": parts.text,
                     "vision_frozen": not config.train_vision_tower},
@@ -454,7 +455,7 @@ def _record(vlm, run: dict, train, val, label_set, config: FinetuneConfig, stret
 
 
 def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=None,
-             config: FinetuneConfig | None = None, stretch: Stretch = DEFAULT_STRETCH, crop: float = 1.0,
+             config: FinetuneConfig | None = None, stretch: Stretch | None = None, crop: float = 1.0,
              resume: bool = False, overwrite: bool = False, device: str | None = None,
              show_progress: bool = True, load_options: dict | None = None) -> FinetuneResult:
     """Fine-tune a local VLM on labelled images, conversations or captions.
@@ -474,8 +475,10 @@ def finetune(model, train, out_dir, *, label_set: LabelSet | None = None, val=No
         accuracy) is kept and early stopping watches it.
     config : FinetuneConfig
         Method and hyper-parameters.
-    stretch : Stretch
-        Engine stretch of the model images.
+    stretch : Stretch, optional
+        Engine stretch of the model images; by default zscale (contrast 0.25) and linear for data, and the
+        pixels as they are for rendered pictures (PNG, JPEG). It is recorded, and used again by classify
+        and eval.
     crop : float
         Central fraction of each image kept, in (0, 1] (recorded; ``astrovlm eval`` uses it by default).
     resume, overwrite : bool

@@ -905,7 +905,7 @@ def test_closed_model_says_to_load_it_again(chat_server, images):
 @pytest.mark.parametrize("max_new_tokens", [0, -3, "many", 2.5, None])
 def test_bad_max_new_tokens_says_what_is_wrong(chat_server, images, max_new_tokens):
     with RemoteVLM(chat_server.url) as vlm:
-        with pytest.raises(AstroVLMError, match="max_new_tokens must be a whole number of at least 1"):
+        with pytest.raises(AstroVLMError, match="max_new_tokens must be a positive whole number"):
             vlm.ask(images[0], "What is it?", max_new_tokens=max_new_tokens)
     assert _scoring_requests(chat_server) == []
 

@@ -141,14 +141,18 @@ def test_scheduler_device_and_crop_are_checked_before_the_model_loads(first_smal
 
 
 def test_command_line_reports_bad_device_and_numbers(capsys, first_small, tmp_path):
-    for flags, expected in ((["--device", "tpu"], "Unknown device 'tpu'; use one of: cpu"),
-                            (["--batch-size", "-3"], "batch_size (--batch-size) must be a whole number"),
-                            (["--max-steps", "0"], "max_steps (--max-steps) must be a whole number"),
-                            (["--lr", "-1"], "learning_rate (--lr) must be positive")):
-        status = main(["finetune", str(first_small), "--model", NO_MODEL, "--out", str(tmp_path / "x"),
-                       *flags])
+    command = ["finetune", str(first_small), "--model", NO_MODEL, "--out", str(tmp_path / "x")]
+    status = main([*command, "--device", "tpu"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Unknown device 'tpu'; use one of: cpu" in err and "Traceback" not in err
+    # numbers out of range are refused by the option parser, naming the option, before anything runs
+    for flags, expected in ((["--batch-size", "-3"], "argument --batch-size: -3 is not a positive whole number"),
+                            (["--max-steps", "0"], "argument --max-steps: 0 is not a positive whole number"),
+                            (["--lr", "-1"], "argument --lr: -1 is not a positive number")):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, *flags])
         err = capsys.readouterr().err
-        assert status == 2 and expected in err and "Traceback" not in err
+        assert stop.value.code == 2 and expected in err and "Traceback" not in err
 
 
 def _function_lengths(module) -> dict[str, int]:
