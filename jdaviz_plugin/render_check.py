@@ -71,6 +71,15 @@ def _register_jdaviz_components() -> None:
     ipyvue.register_component_from_file("g-viewer-tab", "container.vue", jdaviz.__file__)
 
 
+def _viz(name: str):
+    """jdaviz's `name` helper with the plugin; the App where jdaviz no longer has it (5.2)."""
+    import jdaviz
+
+    import jdaviz_plugin
+
+    return getattr(jdaviz_plugin, name)() if hasattr(jdaviz, name) else jdaviz_plugin.new_app()
+
+
 def build_imviz():
     """Imviz with HorseHead.fits, a user subset, a catalogue and the AstroVLM plugin open."""
     import warnings
@@ -78,13 +87,12 @@ def build_imviz():
     from astropy.table import Table
     from regions import CirclePixelRegion, PixCoord
 
-    import jdaviz_plugin
     from glue_astrovlm import detect_sources, open_image
 
     fits_dir = Path(os.environ[FITS_ENV])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        viz = jdaviz_plugin.Imviz()
+        viz = _viz("Imviz")
         viz.load(str(fits_dir / "HorseHead.fits"), format="Image", extension=0)
         found = detect_sources(open_image(fits_dir / "HorseHead.fits"), nsigma=5, max_sources=6)
         viz.load(Table({"ra": found["ra"], "dec": found["dec"]}), format="Catalog", data_label="stars")
@@ -112,13 +120,11 @@ def build_cubeviz():
     from astropy.wcs import WCS
     from specutils import Spectrum
 
-    import jdaviz_plugin
-
     with fits.open(Path(os.environ[FITS_ENV]) / "l1448_13co.fits") as hdul:
         cube = Spectrum(flux=hdul[0].data * u.K / u.pix ** 2, wcs=WCS(hdul[0].header))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        viz = jdaviz_plugin.Cubeviz()
+        viz = _viz("Cubeviz")
         viz.load(cube, format="3D Spectrum", data_label="L1448 13CO")
     plg = viz.plugins["AstroVLM"]
     plg.cube_mode = "Moment 0"
