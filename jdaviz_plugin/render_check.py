@@ -17,6 +17,13 @@ It needs Chromium (Debian: ``apt-get install chromium``; or ``--chromium PATH`` 
 needed). Without either it prints ``SKIPPED: <reason>`` and exits 0, so CI can run it everywhere.
 Exit status 1 means the render check failed.
 
+The same template serves jdaviz 5.0 (Vue 2, ipyvue 1) and jdaviz 5.1 (Vue 3, ipyvue 3): the check
+renders whichever is installed, and after the screenshots it changes a select and a tab in the browser
+and waits for the Python side's answer, which proves that the template's two-way bindings work.
+jdaviz 5.1's layout loads a few ES modules from esm.sh and unpkg.com at run time; offline, give
+``--offline-modules MAP.json`` (``{"https://esm.sh/...": "/local/file.js", ...}``) to serve them from
+local files (docs/jdaviz.md says how to build them).
+
 When solara runs this file as its app, only `Page` below is used.
 """
 
@@ -37,15 +44,18 @@ CONFIG_ENV = "ASTROVLM_RENDER_CONFIG"
 
 #: Texts that the plugin's template must put on the page (labels, tabs, buttons, sections), per view.
 EXPECTED_TEXTS = {
-    "common": ("Model", "Load model", "What to send", "Data", "Viewer", "Interval", "Stretch", "Model sees",
-               "Refresh preview", "Ask", "Classify", "Tag sources", "Label set", "Cancel", "Results", "Export",
-               "Clear results"),
+    "common": ("Model", "Load model", "What to send", "Data", "Viewer", "Interval", "Stretch",
+               "Model sees", "Refresh preview", "Ask", "Classify", "Tag sources", "Label set", "Cancel",
+               "Results", "Export", "Clear results"),
     # Imviz: the Classify tab after classifying a subset
     "imviz": ("Send", "Spatial subset", "Outside the subset"),
     # Cubeviz: the Tag sources tab after tagging sources detected on a moment map
     "cubeviz": ("Cube", "Spectral range", "Sources", "Threshold (sigma)", "Max sources", "Cutout size (px)",
                 "Write subsets", "Subsets", "Write markers"),
 }
+
+#: The browser changes this select to this option; the thumbnail caption, made in Python, must follow.
+ROUND_TRIP = ("Interval", "minmax")
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -61,6 +71,15 @@ def _register_jdaviz_components() -> None:
     ipyvue.register_component_from_file("g-viewer-tab", "container.vue", jdaviz.__file__)
 
 
+def _viz(name: str):
+    """jdaviz's `name` helper with the plugin; the App where jdaviz no longer has it (5.2)."""
+    import jdaviz
+
+    import jdaviz_plugin
+
+    return getattr(jdaviz_plugin, name)() if hasattr(jdaviz, name) else jdaviz_plugin.new_app()
+
+
 def build_imviz():
     """Imviz with HorseHead.fits, a user subset, a catalogue and the AstroVLM plugin open."""
     import warnings
@@ -68,13 +87,12 @@ def build_imviz():
     from astropy.table import Table
     from regions import CirclePixelRegion, PixCoord
 
-    import jdaviz_plugin
     from glue_astrovlm import detect_sources, open_image
 
     fits_dir = Path(os.environ[FITS_ENV])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        viz = jdaviz_plugin.Imviz()
+        viz = _viz("Imviz")
         viz.load(str(fits_dir / "HorseHead.fits"), format="Image", extension=0)
         found = detect_sources(open_image(fits_dir / "HorseHead.fits"), nsigma=5, max_sources=6)
         viz.load(Table({"ra": found["ra"], "dec": found["dec"]}), format="Catalog", data_label="stars")
@@ -102,13 +120,11 @@ def build_cubeviz():
     from astropy.wcs import WCS
     from specutils import Spectrum
 
-    import jdaviz_plugin
-
     with fits.open(Path(os.environ[FITS_ENV]) / "l1448_13co.fits") as hdul:
         cube = Spectrum(flux=hdul[0].data * u.K / u.pix ** 2, wcs=WCS(hdul[0].header))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        viz = jdaviz_plugin.Cubeviz()
+        viz = _viz("Cubeviz")
         viz.load(cube, format="3D Spectrum", data_label="L1448 13CO")
     plg = viz.plugins["AstroVLM"]
     plg.cube_mode = "Moment 0"
@@ -203,7 +219,8 @@ def check_page(page, config: str, timeout_ms: int, with_results: bool) -> list[s
         problems.append(f"expected one AstroVLM plugin container, found {plugin.count()}")
         return problems
     text = plugin.text_content().lower()  # the DOM's text: buttons and tabs are upper-cased by CSS only
-    missing = [label for label in EXPECTED_TEXTS["common"] + EXPECTED_TEXTS[config] if label.lower() not in text]
+    expected = EXPECTED_TEXTS["common"] + EXPECTED_TEXTS[config]
+    missing = [label for label in expected if label.lower() not in text]
     if missing:
         problems.append("controls missing from the plugin: " + ", ".join(missing))
     inputs = plugin.locator("input, button, .v-select").count()
@@ -225,10 +242,40 @@ def check_page(page, config: str, timeout_ms: int, with_results: bool) -> list[s
     return problems
 
 
+def check_bindings(page, timeout_ms: int) -> list[str]:
+    """Change a select and a tab in the browser and wait for the result: the problems found.
+
+    A select's choice reaches Python only through the template's ``update:selected`` binding; the
+    thumbnail caption that then changes is made in Python, so seeing it proves the round trip.
+    """
+    problems = []
+    plugin = page.locator(".tray-plugin").filter(has_text="What to send")
+    label, option = ROUND_TRIP
+    try:
+        plugin.locator(".v-select").filter(has_text=label).first.click()
+        choice = page.get_by_role("option", name=option, exact=True)
+        if choice.count() == 0:  # a Vuetify release without ARIA roles in the list
+            choice = page.locator(".v-list-item").filter(has_text=option)
+        choice.first.click()
+        plugin.locator(".astrovlm-thumbnail").filter(has_text=option).wait_for(timeout=timeout_ms)
+    except Exception as error:  # noqa: BLE001 - a control that did not respond is a failed check
+        problems.append(f"choosing {option!r} as {label} did not reach Python and back "
+                        f"({type(error).__name__}: {str(error).splitlines()[0]})")
+    try:
+        plugin.locator(".v-tab").filter(has_text="Ask").first.click()
+        # attached, not visible: Vuetify 3 keeps a hidden copy of each field's label
+        plugin.get_by_text("Question", exact=True).first.wait_for(state="attached", timeout=timeout_ms)
+    except Exception as error:  # noqa: BLE001
+        problems.append(f"the Ask tab did not open its question field "
+                        f"({type(error).__name__}: {str(error).splitlines()[0]})")
+    return problems
+
+
 def _close_snackbars(page, rounds: int = 10) -> None:
     """Dismiss jdaviz's queued notifications so that they do not cover the screenshot."""
     for _ in range(rounds):
-        buttons = page.locator(".v-snack__wrapper button")
+        # Vuetify 2 (jdaviz 5.0) and Vuetify 3 (jdaviz 5.1) name the snackbar differently
+        buttons = page.locator(".v-snack__wrapper button, .v-snackbar__wrapper button")
         if buttons.count() == 0 or not buttons.first.is_visible():
             return
         try:
@@ -238,7 +285,18 @@ def _close_snackbars(page, rounds: int = 10) -> None:
         page.wait_for_timeout(400)
 
 
-def render(config: str, chromium: str, env: dict, out: Path, timeout: float, cwd: str) -> list[str]:
+def _serve_offline_modules(page, modules: dict) -> None:
+    """Answer requests for the URLs in `modules` (URL -> local file) from the local files."""
+    def fulfil(route):
+        path = modules[route.request.url]
+        kind = "text/css" if path.endswith(".css") else "application/javascript"
+        route.fulfill(path=path, headers={"Access-Control-Allow-Origin": "*", "Content-Type": kind})
+
+    page.route(lambda url: url in modules, fulfil)
+
+
+def render(config: str, chromium: str, env: dict, out: Path, timeout: float, cwd: str,
+           offline_modules: dict | None = None) -> list[str]:
     """Serve one jdaviz configuration, check it in Chromium and save its screenshots."""
     import subprocess
 
@@ -258,10 +316,10 @@ def render(config: str, chromium: str, env: dict, out: Path, timeout: float, cwd
             page = browser.new_page(viewport={"width": 1500, "height": 950})
             page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
             page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            if offline_modules:
+                _serve_offline_modules(page, offline_modules)
             page.goto(url)
             problems = check_page(page, config, int(timeout * 1000), with_results=MODEL_ENV in env)
-            problems += [f"browser console: {line}" for line in console
-                         if "Vue warn" in line or "compiling template" in line or line.startswith("pageerror")]
             _close_snackbars(page)
             page.screenshot(path=str(out / f"jdaviz_{config}_astrovlm.png"))
             # the tray scrolls: a tall window shows the whole plugin for its own screenshot
@@ -270,6 +328,9 @@ def render(config: str, chromium: str, env: dict, out: Path, timeout: float, cwd
             plugin = page.locator(".tray-plugin").filter(has_text="What to send")
             if plugin.count() == 1:
                 plugin.screenshot(path=str(out / f"jdaviz_{config}_astrovlm_panel.png"))
+                problems += check_bindings(page, timeout_ms=30_000)
+            problems += [f"browser console: {line}" for line in console if "Vue warn" in line
+                         or "compiling template" in line or line.startswith("pageerror")]
             browser.close()
     except Exception as error:  # noqa: BLE001 - any failure of the render is a failed check
         problems.append(f"{type(error).__name__}: {error}")
@@ -297,12 +358,15 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=240, help="seconds to wait for each page")
     parser.add_argument("--configs", nargs="+", choices=sorted(BUILDERS), default=["imviz", "cubeviz"],
                         help="jdaviz configurations to render (default: both)")
+    parser.add_argument("--offline-modules", type=Path, default=os.environ.get("ASTROVLM_OFFLINE_MODULES"),
+                        help="JSON map of the ES-module URLs jdaviz 5.1 loads at run time to local files "
+                             "(default: $ASTROVLM_OFFLINE_MODULES; not needed online)")
     args = parser.parse_args(argv)
 
     chromium = _find_chromium(args.chromium)
     if chromium is None:
-        print("SKIPPED: browser render check: no Chromium found (apt-get install chromium, or pass --chromium "
-              "PATH / set ASTROVLM_CHROMIUM)")
+        print("SKIPPED: browser render check: no Chromium found (apt-get install chromium, or pass "
+              "--chromium PATH / set ASTROVLM_CHROMIUM)")
         return 0
     import importlib.util
 
@@ -315,6 +379,11 @@ def main(argv=None) -> int:
         print(f"SKIPPED: browser render check: {', '.join(missing)} not found in {args.fits_dir}")
         return 0
 
+    offline_modules = None
+    if args.offline_modules:
+        import json
+
+        offline_modules = json.loads(Path(args.offline_modules).read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -323,7 +392,7 @@ def main(argv=None) -> int:
         if model:
             env[MODEL_ENV] = model
         for config in args.configs:
-            problems += render(config, chromium, env, args.out, args.timeout, tmp)
+            problems += render(config, chromium, env, args.out, args.timeout, tmp, offline_modules)
     if problems:
         print("FAILED: browser render check:")
         for problem in problems:

@@ -51,13 +51,26 @@ def vlm_session(tiny_smolvlm_dir):
     session.close()
 
 
+def _needs_helper(name):
+    if not hasattr(jdaviz, name):
+        pytest.skip(f"jdaviz {jdaviz.__version__} has no {name} (jdaviz 5.2 removed it); the App tests "
+                    "cover the plugin")
+
+
 @pytest.fixture(scope="module")
 def imviz(fits_dir, vlm_session):
-    """Imviz made with the helper class that adds the plugin, showing HorseHead.fits."""
+    """Imviz made by ``jdaviz_plugin.Imviz()``, which adds the plugin, showing HorseHead.fits.
+
+    ``viz.creation_warnings`` keeps the deprecation warnings that creating it raised.
+    """
+    _needs_helper("Imviz")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        viz = jdaviz_plugin.Imviz()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        viz = jdaviz_plugin.Imviz()
         viz.load(str(fits_dir / HORSEHEAD), format="Image", extension=0)
+    viz.creation_warnings = [w for w in caught if issubclass(w.category, DeprecationWarning)]
     viz.plugins["AstroVLM"].vlm_session = vlm_session
     viz.snackbars = Snackbars(viz)
     return viz
@@ -75,6 +88,7 @@ def cubeviz(fits_dir, vlm_session):
     from astropy.wcs import WCS
     from specutils import Spectrum
 
+    _needs_helper("Cubeviz")
     with fits.open(fits_dir / CUBE) as hdul:
         cube = Spectrum(flux=hdul[0].data * u.K / u.pix ** 2, wcs=WCS(hdul[0].header))
     with warnings.catch_warnings():
@@ -114,7 +128,7 @@ def test_safe_subset_labels_keep_letters_digits_and_spaces():
 
 # ------------------------------------------------------------------------------------------ registration
 def test_plain_glue_setup_does_not_import_jdaviz():
-    code = ("import sys\nfrom glue_astrovlm.glue_plugin import setup\nsetup()\n"
+    code = ("import sys\nfrom glue_astrovlm.glue_plugin import setup\nsetup()\nimport jdaviz_plugin\n"
             "assert 'jdaviz' not in sys.modules and 'jdaviz_plugin.astrovlm' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -135,6 +149,65 @@ def test_add_to_is_idempotent(imviz):
     for name in ("ask", "classify", "tag", "cancel", "export", "vlm_session", "dataset", "subset", "cube_mode"):
         assert name in dir(plg)
     assert ":meth:`tag`" in type(plg._obj).__doc__
+
+
+def test_imviz_is_jdaviz_imviz_with_the_plugin_and_one_warning_on_the_callers_line(imviz):
+    assert type(imviz) is jdaviz.Imviz  # jdaviz's own helper, not a subclass that 5.2 would break
+    assert [item["name"] for item in imviz._app.state.tray_items].count("astrovlm") == 1
+    ours = [w for w in imviz.creation_warnings if "jdaviz_plugin.Imviz()" in str(w.message)]
+    assert len(ours) == 1 and "5.2" in str(ours[0].message) and "new_app()" in str(ours[0].message)
+    assert ours[0].filename == __file__  # the line that called it, which users see
+    # jdaviz's own "Imviz is deprecated" is not repeated (it would name jdaviz_plugin's line)
+    assert not [w for w in imviz.creation_warnings if str(w.message).startswith("Imviz is deprecated")]
+
+
+def test_helpers_that_jdaviz_removed_say_what_to_use(monkeypatch):
+    # jdaviz 5.2 has no Imviz and no Cubeviz: emulate it by removing them from this jdaviz
+    for name in ("Imviz", "Cubeviz"):
+        monkeypatch.delattr(jdaviz, name, raising=False)
+        with pytest.raises(AstroVLMError, match=rf"has no {name} .*jdaviz_plugin\.new_app\(\)"):
+            getattr(jdaviz_plugin, name)()
+
+
+# ------------------------------------------------------------------------------------------ template
+def _template_tags():
+    """(tag, [(attribute, value), ...]) of every element of the plugin's template."""
+    from html.parser import HTMLParser
+    from pathlib import Path
+
+    import jdaviz_plugin.astrovlm.astrovlm as module
+
+    tags = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append((tag, attrs))
+
+        handle_startendtag = handle_starttag
+
+    Tags().feed((Path(module.__file__).parent / "astrovlm.vue").read_text())
+    return tags
+
+
+def test_template_binds_two_way_in_the_form_vue_2_and_vue_3_both_compile():
+    """Vue 3 (jdaviz 5.1) ignores Vue 2's ``.sync``; Vue 2 (jdaviz 5.0) misreads ``v-model:x``. Both
+    compile ``:x="y" @update:x="y = $event"`` to the same prop and listener."""
+    # the props that jdaviz's components (and the tray around the plugin) change from the browser
+    two_way = {"j-tray-plugin": ("api_hints_enabled", "scroll_to"), "plugin-switch": ("value",)}
+    checked = 0
+    for tag, attrs in _template_tags():
+        names = dict(attrs)
+        for name, value in attrs:
+            assert not name.endswith(".sync") and not name.startswith("v-model:"), f"<{tag} {name}>"
+            if name.startswith("@update:"):
+                prop = name.removeprefix("@update:")
+                target, _, event = value.partition(" = ")
+                assert event == "$event" and names.get(f":{prop}") == target, f"<{tag} {name}={value!r}>"
+        for prop in two_way.get(tag, ("selected",) if tag.startswith("plugin-") else ()):
+            if f":{prop}" in names:
+                assert f"@update:{prop}" in names, f"<{tag} :{prop}> is bound one way only"
+                checked += 1
+    assert checked >= 15  # every select and switch of the plugin, and the tray's two
 
 
 # ------------------------------------------------------------------------------------------ Imviz
@@ -347,6 +420,35 @@ def test_cubeviz_tags_detected_sources_as_subsets(cubeviz):
 
 
 # ------------------------------------------------------------------------------------------ App
+def test_new_app_classifies_a_cube_without_deprecation_warnings(fits_dir, vlm_session):
+    """The path that outlives Imviz and Cubeviz (jdaviz 5.2): the App, for images and cubes alike.
+
+    No warnings filter around new_app(): pytest turns any DeprecationWarning into an error.
+    """
+    import astropy.units as u
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from specutils import Spectrum
+
+    app = jdaviz_plugin.new_app()
+    assert isinstance(app, jdaviz.App) and jdaviz.gca() is app
+    assert [item["name"] for item in app._app.state.tray_items].count("astrovlm") == 1
+    with fits.open(fits_dir / CUBE) as hdul:
+        cube = Spectrum(flux=hdul[0].data * u.K / u.pix ** 2, wcs=WCS(hdul[0].header))
+    with warnings.catch_warnings():
+        # jdaviz 5.0.2's aperture marks pass traitlets an argument it deprecates, while loading a cube
+        warnings.simplefilter("ignore")
+        app.load(cube, format="3D Spectrum", data_label="L1448 13CO")
+    plg = app.plugins["AstroVLM"]
+    plg.vlm_session = vlm_session
+    assert plg.dataset.selected == "L1448 13CO" and plg._obj.is_cube
+    plg.send = "Viewer area"
+    plg.cube_mode = "Displayed slice"
+    shown = plg._obj.viewer.selected_obj.state.slices[0]
+    result = plg.classify(["outflow", "core", "noise"])
+    assert result.provenance.cube == f"slice {shown}"
+
+
 def test_app_asks_about_the_view(fits_dir, vlm_session):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
