@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from .errors import AstroVLMError
+from .settings import config_folder
 from .results import Result
 
 __all__ = ["VLMSession", "recent_models", "remember_model"]
@@ -25,9 +25,7 @@ _RECENT_LIMIT = 8
 
 
 def _config_file() -> Path:
-    base = os.environ.get("ASTROVLM_CONFIG_DIR") or Path(os.environ.get("XDG_CONFIG_HOME",
-                                                                         Path.home() / ".config")) / "glue-astrovlm"
-    return Path(base) / "recent.json"
+    return config_folder() / "recent.json"
 
 
 def recent_models() -> list[dict]:

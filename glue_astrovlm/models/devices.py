@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
 
 from ..errors import AstroVLMError
 
@@ -83,30 +81,10 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
-@functools.lru_cache(maxsize=None)
-def _cpu_bf16_is_faster(hidden_size: int) -> bool:
-    """Time a matmul shaped like the model's MLP in float32 and bfloat16 on this CPU."""
-    import torch
-
-    a32 = torch.randn(128, hidden_size)
-    b32 = torch.randn(hidden_size, 4 * hidden_size)
-    timings = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = a32.to(dtype), b32.to(dtype)
-        a @ b  # warm-up
-        start = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        timings[dtype] = time.perf_counter() - start
-    faster = timings[torch.bfloat16] < timings[torch.float32]
-    log.info("CPU matmul (hidden %d): float32 %.2f ms, bfloat16 %.2f ms -> %s", hidden_size,
-             timings[torch.float32] * 200, timings[torch.bfloat16] * 200, "bfloat16" if faster else "float32")
-    return faster
-
-
-def pick_dtype(device: str, dtype=None, hidden_size: int = 576):
+def pick_dtype(device: str, dtype=None, hidden_size: int = 576, config=None):
     """The torch dtype: the one asked for, else bfloat16 on CUDA (float16 if unsupported), float16 on MPS,
-    and on CPU whichever of float32/bfloat16 is measured faster on this machine.
+    and on CPU whichever of float32/bfloat16 is faster for this model on this machine
+    (`glue_astrovlm.models.precision`: measured once on a vision block of the model's shape, then cached).
 
     Raises
     ------
@@ -126,4 +104,9 @@ def pick_dtype(device: str, dtype=None, hidden_size: int = 576):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":
         return torch.float16
-    return torch.bfloat16 if _cpu_bf16_is_faster(int(hidden_size)) else torch.float32
+    from types import SimpleNamespace
+
+    from .precision import cpu_dtype
+
+    shape_from = config if config is not None else SimpleNamespace(hidden_size=int(hidden_size))
+    return getattr(torch, cpu_dtype(shape_from))

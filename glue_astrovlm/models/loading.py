@@ -271,7 +271,7 @@ def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_k
     if path.is_dir():
         check_model_weights(path)  # truncated, missing or pickled weights: before anything loads
     hidden = getattr(getattr(config, "text_config", config), "hidden_size", 576)
-    torch_dtype = pick_dtype(device, dtype, hidden)
+    torch_dtype = pick_dtype(device, dtype, hidden, config=config)
     processor = _load_processor(source, spec, path, trust_remote_code, local_only)
     _check_vocabulary(processor, config, spec, path)
     model = _load_weights(source, spec, path, torch_dtype, trust_remote_code, local_only)
