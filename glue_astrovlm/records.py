@@ -103,27 +103,26 @@ def adapter_base_model(adapter) -> str | None:
     ``adapter`` is a directory or ``{name: directory}`` (the first is read). A relative path is
     resolved as by `resolve_base_model`; `None` if nothing is recorded or the file is unreadable.
     """
+    first, base = _recorded_base(adapter)
+    return resolve_base_model(base, first) if isinstance(base, str) else None
+
+
+def _recorded_base(adapter):
+    """``(adapter folder, base model as recorded in its adapter_config.json)``; ``(folder, None)`` when
+    nothing readable is recorded."""
     if adapter is None:
-        return None
+        return None, None
     first = next(iter(adapter.values())) if isinstance(adapter, dict) else adapter
     try:
         config = json.loads((Path(first).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    return resolve_base_model(base, first) if isinstance(base, str) else None
+        return first, None
+    return first, config.get("base_model_name_or_path") if isinstance(config, dict) else None
 
 
 def unresolved_base_message(adapter) -> str | None:
     """What to do when an adapter records its base model as a relative path that is found nowhere."""
-    if adapter is None:
-        return None
-    first = next(iter(adapter.values())) if isinstance(adapter, dict) else adapter
-    try:
-        config = json.loads((Path(first).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    first, base = _recorded_base(adapter)
     if not isinstance(base, str) or not base or Path(base).expanduser().is_absolute():
         return None
     if resolve_base_model(base, first) != base or Path(base).expanduser().is_dir():
