@@ -60,7 +60,9 @@ def _start_and_signal(command, signum, after: int):
         assert time.monotonic() < deadline, "the run never reported progress"
         time.sleep(0.02)
     process.send_signal(signum)
-    out, _ = process.communicate(timeout=240)
+    # stdout only: communicate() would also read stderr and take chunks from the reader thread
+    out = process.stdout.read()
+    process.wait(timeout=240)
     reader.join(timeout=10)
     return process.returncode, out.decode(), bytes(seen).decode(errors="replace")
 
