@@ -49,10 +49,12 @@ def make_survey(folder: Path, fits_dir: Path, fmt: str = "parquet") -> tuple[Pat
             rows["ra"].append(float(ra))
             rows["dec"].append(float(dec))
     wcs0 = celestial(real[0])
-    bad = {"outside": (str(real[0]), *wcs0.pixel_to_world_values(-80, -80)),
-           "no-position": (str(real[1]), np.nan, np.nan),
-           "missing-file": ("images/not_there.fits", *wcs0.pixel_to_world_values(150, 150)),
-           "blank": ("images/blank_patch.fits", *wcs0.pixel_to_world_values(50, 50))}
+    bad = {
+        "outside": (str(real[0]), *wcs0.pixel_to_world_values(-80, -80)),
+        "no-position": (str(real[1]), np.nan, np.nan),
+        "missing-file": ("images/not_there.fits", *wcs0.pixel_to_world_values(150, 150)),
+        "blank": ("images/blank_patch.fits", *wcs0.pixel_to_world_values(50, 50)),
+    }
     for name, (path, ra, dec) in bad.items():
         # the bad rows sit between good ones, so a block holds both
         at = {"outside": 5, "no-position": 17, "missing-file": 30, "blank": 41}[name]

@@ -31,8 +31,16 @@ def full_run(survey, tiny_smolvlm, tmp_path_factory):
 
     catalog, _ = survey
     out = tmp_path_factory.mktemp("full") / "tags"
-    return tag_catalog(catalog, out, model=tiny_smolvlm, labels=LABELS, size=SIZE, block_rows=8, shard_rows=16,
-                       progress=False)
+    return tag_catalog(
+        catalog,
+        out,
+        model=tiny_smolvlm,
+        labels=LABELS,
+        size=SIZE,
+        block_rows=8,
+        shard_rows=16,
+        progress=False,
+    )
 
 
 def test_read_survey_resolves_files_positions_and_formats(survey, tmp_path, fits_dir):
@@ -41,7 +49,9 @@ def test_read_survey_resolves_files_positions_and_formats(survey, tmp_path, fits
     catalog, good = survey
     read = read_survey(catalog)
     assert len(read) == good + len(BAD_ROWS) and read.kind == "sky"
-    assert read.files[read.ids.index("img3-00")] == str(catalog.parent / "images" / read.files[-1].split("/")[-1])
+    assert read.files[read.ids.index("img3-00")] == str(
+        catalog.parent / "images" / read.files[-1].split("/")[-1]
+    )
     blocks = work_blocks(read, block_rows=5)
     assert all(len({read.files[r] for r in b["rows"]}) == 1 and len(b["rows"]) <= 5 for b in blocks)
     assert sorted(r for b in blocks for r in b["rows"]) == list(range(len(read)))
@@ -64,7 +74,11 @@ def test_local_run_tags_every_good_row_once_and_records_bad_ones(full_run, surve
     from glue_astrovlm.catalogs import read_table
 
     _, good = survey
-    assert full_run.complete and (full_run.done, full_run.failed, full_run.skipped) == (good, len(BAD_ROWS), 0)
+    assert full_run.complete and (full_run.done, full_run.failed, full_run.skipped) == (
+        good,
+        len(BAD_ROWS),
+        0,
+    )
     table = full_run.table()
     assert len(table) == good and len(set(table["row"])) == good
     assert set(table["label"]) <= set(LABELS)
@@ -86,7 +100,9 @@ def test_survey_rows_are_what_classify_gives_the_same_cutouts(full_run, tiny_smo
     first = table[table["source"] == table["source"][0]]
     image = open_image(str(first["source"][0]))
     catalog = first["source_id", "ra", "dec"]
-    expected = tiny_smolvlm.classify(cutouts_from_catalog(image, catalog, size=SIZE, id_col="source_id"), LABELS)
+    expected = tiny_smolvlm.classify(
+        cutouts_from_catalog(image, catalog, size=SIZE, id_col="source_id"), LABELS
+    )
     assert [r.label for r in expected] == list(first["label"])
     assert np.allclose([r.probabilities["FRI"] for r in expected], first["p_FRI"], atol=1e-5)
     assert list(first["bbox"]) == [",".join(map(str, r.provenance.bbox)) for r in expected]
@@ -108,8 +124,17 @@ def test_resume_after_a_stop_scores_only_the_rows_left(survey, tiny_smolvlm, ful
 
     monkeypatch.setattr(type(tiny_smolvlm), "_classify", counting)
     out = tmp_path / "tags"
-    first = tag_catalog(catalog, out, model=tiny_smolvlm, labels=LABELS, size=SIZE, block_rows=8, shard_rows=8,
-                        progress=False, cancel=stop)
+    first = tag_catalog(
+        catalog,
+        out,
+        model=tiny_smolvlm,
+        labels=LABELS,
+        size=SIZE,
+        block_rows=8,
+        shard_rows=8,
+        progress=False,
+        cancel=stop,
+    )
     assert not first.complete and "partial" in first.summary() and not first.table_path.exists()
     finished = json.loads((out / "manifest.json").read_text())["shards"]
     finished_good = sum(s["rows"] - s["failed"] for s in finished)
@@ -117,8 +142,9 @@ def test_resume_after_a_stop_scores_only_the_rows_left(survey, tiny_smolvlm, ful
     with pytest.raises(AstroVLMError, match="--resume"):
         tag_catalog(catalog, out, model=tiny_smolvlm, labels=LABELS, size=SIZE, progress=False)
     scored.clear()
-    second = tag_catalog(catalog, out, model=tiny_smolvlm, labels=LABELS, size=SIZE, block_rows=8, progress=False,
-                         resume=True)
+    second = tag_catalog(
+        catalog, out, model=tiny_smolvlm, labels=LABELS, size=SIZE, block_rows=8, progress=False, resume=True
+    )
     assert second.complete and sum(scored) == good - finished_good
     assert second.skipped == first.done + first.failed
     table, reference = second.table(), full_run.table()
@@ -126,19 +152,43 @@ def test_resume_after_a_stop_scores_only_the_rows_left(survey, tiny_smolvlm, ful
     assert list(table["label"]) == list(reference["label"])
     assert np.allclose(table["p_FRI"], reference["p_FRI"], atol=1e-5)
     with pytest.raises(AstroVLMError, match="another labels"):
-        tag_catalog(catalog, out, model=tiny_smolvlm, labels=["A", "B"], size=SIZE, progress=False, resume=True)
+        tag_catalog(
+            catalog, out, model=tiny_smolvlm, labels=["A", "B"], size=SIZE, progress=False, resume=True
+        )
 
 
 def _cli(*args, **options):
-    return subprocess.Popen([sys.executable, "-m", "glue_astrovlm.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **options)
+    return subprocess.Popen(
+        [sys.executable, "-m", "glue_astrovlm.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
 
 
 def test_cli_sigint_writes_the_manifest_and_resume_finishes(survey, tiny_smolvlm_dir, tmp_path):
     catalog, good = survey
     out = tmp_path / "tags"
-    args = ["classify", "--catalog", str(catalog), "--labels", *LABELS, "--model", str(tiny_smolvlm_dir),
-            "--dtype", "float32", "--size", str(SIZE), "--block-rows", "4", "--shard-rows", "4", "--out", str(out)]
+    args = [
+        "classify",
+        "--catalog",
+        str(catalog),
+        "--labels",
+        *LABELS,
+        "--model",
+        str(tiny_smolvlm_dir),
+        "--dtype",
+        "float32",
+        "--size",
+        str(SIZE),
+        "--block-rows",
+        "4",
+        "--shard-rows",
+        "4",
+        "--out",
+        str(out),
+    ]
     process = _cli(*args)
     deadline = time.monotonic() + 240
     while not (out / "manifest.json").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -164,9 +214,11 @@ def test_cli_without_file_or_catalog_says_what_to_give(capsys):
 
 
 def test_importing_the_package_the_survey_and_the_cli_imports_no_ray():
-    code = ("import sys, glue_astrovlm, glue_astrovlm.survey, glue_astrovlm.cli.survey\n"
-            "from glue_astrovlm.cli import build_parser; build_parser()\n"
-            "assert glue_astrovlm.tag_catalog\n"
-            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    code = (
+        "import sys, glue_astrovlm, glue_astrovlm.survey, glue_astrovlm.cli.survey\n"
+        "from glue_astrovlm.cli import build_parser; build_parser()\n"
+        "assert glue_astrovlm.tag_catalog\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

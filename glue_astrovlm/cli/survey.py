@@ -26,18 +26,24 @@ class _Cancel:
 
 def _checked(args) -> None:
     if args.command not in ("classify", "ask"):
-        raise AstroVLMError(f"astrovlm {args.command} needs an image FILE; survey catalogues run with classify "
-                            "and ask.")
+        raise AstroVLMError(
+            f"astrovlm {args.command} needs an image FILE; survey catalogues run with classify and ask."
+        )
     if args.file is not None:
-        raise AstroVLMError("--engine ray runs survey catalogues: leave out FILE and give --catalog with a file "
-                            "column naming each row's image.")
+        raise AstroVLMError(
+            "--engine ray runs survey catalogues: leave out FILE and give --catalog with a file "
+            "column naming each row's image."
+        )
     if not args.catalog:
-        raise AstroVLMError("Give an image FILE, or --catalog TABLE with a file column naming each row's image.")
+        raise AstroVLMError(
+            "Give an image FILE, or --catalog TABLE with a file column naming each row's image."
+        )
     if args.out is None:
         raise AstroVLMError("A survey run writes a folder of results: give --out DIR.")
     if args.regions or args.position or args.pixel or args.detect:
-        raise AstroVLMError("A survey catalogue sends its rows; leave out --regions, --position, --pixel and "
-                            "--detect.")
+        raise AstroVLMError(
+            "A survey catalogue sends its rows; leave out --regions, --position, --pixel and --detect."
+        )
 
 
 def _load_options(args) -> dict:
@@ -45,8 +51,14 @@ def _load_options(args) -> dict:
 
     if str(args.model).startswith(("http://", "https://")):
         return {"served_model": args.served_model, "timeout": args.timeout}
-    options = {"device": args.device, "dtype": args.dtype, "batch_size": args.batch_size, "tiling": args.tiling,
-               "trust_remote_code": args.trust_remote_code, "adapter": adapters_from_args(args.adapter)}
+    options = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "tiling": args.tiling,
+        "trust_remote_code": args.trust_remote_code,
+        "adapter": adapters_from_args(args.adapter),
+    }
     return {name: value for name, value in options.items() if value is not None}
 
 
@@ -59,24 +71,48 @@ def command_survey(args) -> int:
     _checked(args)
     labels = labels_from_args(args) if args.command == "classify" else None
     if args.command == "classify" and labels is None:
-        raise AstroVLMError("Give --labels or --preset (see `astrovlm presets`) to classify a survey catalogue.")
-    columns = {role: getattr(args, f"{role}_col") for role in ("ra", "dec", "x", "y", "id")
-               if getattr(args, f"{role}_col")}
+        raise AstroVLMError(
+            "Give --labels or --preset (see `astrovlm presets`) to classify a survey catalogue."
+        )
+    columns = {
+        role: getattr(args, f"{role}_col")
+        for role in ("ra", "dec", "x", "y", "id")
+        if getattr(args, f"{role}_col")
+    }
     stopper = _Cancel()
     with _StopOnSignals(stopper) as stop:
         try:
             run = tag_catalog(
-                args.catalog, args.out, model=str(args.model), task=args.command, labels=labels,
-                question=args.question, max_new_tokens=getattr(args, "max_new_tokens", 128), engine=args.engine,
-                ray_address=args.ray_address, actors=args.actors, size=args.size or DEFAULT_SIZE,
-                stretch=stretch_from_args(args), hdu=_hdu(args.hdu), columns=columns, file_col=args.file_col,
-                load_options=_load_options(args), block_rows=args.block_rows, shard_rows=args.shard_rows,
+                args.catalog,
+                args.out,
+                model=str(args.model),
+                task=args.command,
+                labels=labels,
+                question=args.question,
+                max_new_tokens=getattr(args, "max_new_tokens", 128),
+                engine=args.engine,
+                ray_address=args.ray_address,
+                actors=args.actors,
+                size=args.size or DEFAULT_SIZE,
+                stretch=stretch_from_args(args),
+                hdu=_hdu(args.hdu),
+                columns=columns,
+                file_col=args.file_col,
+                load_options=_load_options(args),
+                block_rows=args.block_rows,
+                shard_rows=args.shard_rows,
                 table_format=args.table_format,
-                region_format=args.region_format, overwrite=args.overwrite, resume=args.resume,
-                cancel=stopper.event)
+                region_format=args.region_format,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                cancel=stopper.event,
+            )
         except KeyboardInterrupt:
-            print(f"partial: stopped at once; the finished shards are kept in {args.out}, continue with --resume.",
-                  file=sys.stderr)
+            print(
+                f"partial: stopped at once; the finished shards are kept in {args.out}, continue with "
+                "--resume.",
+                file=sys.stderr,
+            )
             return stop.exit_status
     for path in run.written:
         print(f"wrote {path}", file=sys.stderr)

@@ -11,4 +11,12 @@ from .catalog import SurveyCatalog, read_survey, work_blocks
 from .engine import ENGINES, SurveyRun, tag_catalog
 from .outputs import SurveyOutputs
 
-__all__ = ["tag_catalog", "SurveyRun", "ENGINES", "read_survey", "SurveyCatalog", "work_blocks", "SurveyOutputs"]
+__all__ = [
+    "tag_catalog",
+    "SurveyRun",
+    "ENGINES",
+    "read_survey",
+    "SurveyCatalog",
+    "work_blocks",
+    "SurveyOutputs",
+]

@@ -57,9 +57,11 @@ class SurveyCatalog:
 def _files(table, file_col, root: Path) -> list[str]:
     column = find_column(table, FILE_COLUMNS, file_col)
     if column is None:
-        raise AstroVLMError(f"The survey catalogue has no file column (one of {', '.join(FILE_COLUMNS)}); its "
-                            f"columns are {', '.join(table.colnames)}. Add one naming each row's image, or "
-                            "give an image FILE to cut every row from one image.")
+        raise AstroVLMError(
+            f"The survey catalogue has no file column (one of {', '.join(FILE_COLUMNS)}); its "
+            f"columns are {', '.join(table.colnames)}. Add one naming each row's image, or "
+            "give an image FILE to cut every row from one image."
+        )
     files = []
     for value in table[column]:
         text = "" if np.ma.is_masked(value) else str(value).strip()
@@ -72,8 +74,9 @@ def _positions(table, columns: dict):
     """``('sky', ra, dec)`` in ICRS degrees or ``('pixel', x, y)``, via the shared column vocabulary."""
     from ..catalogs import _choose_columns, _sky_from_columns, _values
 
-    kind, names = _choose_columns(table, True, columns.get("ra"), columns.get("dec"), columns.get("x"),
-                                  columns.get("y"))
+    kind, names = _choose_columns(
+        table, True, columns.get("ra"), columns.get("dec"), columns.get("x"), columns.get("y")
+    )
     if kind == "pixel":
         return "pixel", _values(table, names[0]).astype(float), _values(table, names[1]).astype(float)
     sky = table[names] if kind == "skycoord" else _sky_from_columns(table, *names)
@@ -87,8 +90,9 @@ def _sizes(table, size_col):
     column = find_column(table, SIZE_COLUMNS, size_col)
     if column is None:
         return None, "pix"
-    values = np.asarray(table[column].filled(np.nan) if hasattr(table[column], "filled") else table[column],
-                        dtype=float)
+    values = np.asarray(
+        table[column].filled(np.nan) if hasattr(table[column], "filled") else table[column], dtype=float
+    )
     unit = table[column].unit
     if unit is not None and unit.physical_type == "angle":
         values, size_unit = (values * unit).to_value(u.arcsec), "arcsec"
@@ -97,8 +101,14 @@ def _sizes(table, size_col):
     return np.repeat(values[:, None], 2, axis=1), size_unit
 
 
-def read_survey(catalog, *, columns: dict | None = None, file_col: str | None = None,
-                size_col: str | None = None, root: str | os.PathLike | None = None) -> SurveyCatalog:
+def read_survey(
+    catalog,
+    *,
+    columns: dict | None = None,
+    file_col: str | None = None,
+    size_col: str | None = None,
+    root: str | os.PathLike | None = None,
+) -> SurveyCatalog:
     """Read a survey catalogue.
 
     Parameters
@@ -118,7 +128,11 @@ def read_survey(catalog, *, columns: dict | None = None, file_col: str | None = 
     if len(table) == 0:
         raise AstroVLMError(f"The survey catalogue {where} has no rows.")
     if root is None:
-        root = Path(catalog).expanduser().resolve().parent if isinstance(catalog, (str, os.PathLike)) else Path.cwd()
+        root = (
+            Path(catalog).expanduser().resolve().parent
+            if isinstance(catalog, (str, os.PathLike))
+            else Path.cwd()
+        )
     files = _files(table, file_col, Path(root))
     id_col = find_column(table, ID_COLUMNS, columns.get("id"))
     ids = [str(v) for v in table[id_col]] if id_col else [str(i) for i in range(len(table))]
@@ -141,10 +155,19 @@ def work_blocks(catalog: SurveyCatalog, *, skip=frozenset(), block_rows: int = 6
     blocks = []
     for path, rows in by_file.items():
         for start in range(0, len(rows), max(1, int(block_rows))):
-            chunk = rows[start:start + block_rows]
-            blocks.append({
-                "file": path, "rows": chunk, "ids": [catalog.ids[r] for r in chunk], "kind": catalog.kind,
-                "a": [float(catalog.a[r]) for r in chunk], "b": [float(catalog.b[r]) for r in chunk],
-                "sizes": [] if catalog.sizes is None else [[float(v) for v in catalog.sizes[r]] for r in chunk],
-                "size_unit": catalog.size_unit})
+            chunk = rows[start : start + block_rows]
+            blocks.append(
+                {
+                    "file": path,
+                    "rows": chunk,
+                    "ids": [catalog.ids[r] for r in chunk],
+                    "kind": catalog.kind,
+                    "a": [float(catalog.a[r]) for r in chunk],
+                    "b": [float(catalog.b[r]) for r in chunk],
+                    "sizes": []
+                    if catalog.sizes is None
+                    else [[float(v) for v in catalog.sizes[r]] for r in chunk],
+                    "size_unit": catalog.size_unit,
+                }
+            )
     return blocks

@@ -57,8 +57,9 @@ class SurveyRun:
 
     def summary(self) -> str:
         """``'done 40, failed 8, skipped 0 of 48 rows'``: the line the command line prints."""
-        return (f"done {self.done}, failed {self.failed}, skipped {self.skipped} of {self.total} rows"
-                + ("" if self.complete else f" (partial: continue with --resume; finished rows are in {self.out})"))
+        return f"done {self.done}, failed {self.failed}, skipped {self.skipped} of {self.total} rows" + (
+            "" if self.complete else f" (partial: continue with --resume; finished rows are in {self.out})"
+        )
 
     def table(self):
         """The merged results table (complete runs)."""
@@ -108,18 +109,43 @@ def _check(engine: str, model) -> None:
     if engine not in ENGINES:
         raise AstroVLMError(f"Unknown engine {engine!r}; use {' or '.join(ENGINES)}.")
     if engine == "ray" and not isinstance(model, (str, Path)):
-        raise AstroVLMError("engine='ray' loads the model on each actor: give the model by name, folder or URL, "
-                            "not a loaded model.")
+        raise AstroVLMError(
+            "engine='ray' loads the model on each actor: give the model by name, folder or URL, "
+            "not a loaded model."
+        )
 
 
-def tag_catalog(catalog, out, *, model=None, task: str = "classify", labels=None, preset: str | None = None,
-                question: str | None = None, max_new_tokens: int = 128, engine: str = "local",
-                ray_address: str | None = None, actors: int | None = None, size=128, stretch=None, hdu=None,
-                columns: dict | None = None, file_col: str | None = None, size_col: str | None = None,
-                root=None, load_options: dict | None = None, block_rows: int = 32, shard_rows: int = 256,
-                table_format: str = "ecsv", region_format: str | None = "ds9", overwrite: bool = False,
-                resume: bool = False, progress: bool = True, cancel: threading.Event | None = None,
-                _ray_fault: dict | None = None) -> SurveyRun:
+def tag_catalog(
+    catalog,
+    out,
+    *,
+    model=None,
+    task: str = "classify",
+    labels=None,
+    preset: str | None = None,
+    question: str | None = None,
+    max_new_tokens: int = 128,
+    engine: str = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
+    size=128,
+    stretch=None,
+    hdu=None,
+    columns: dict | None = None,
+    file_col: str | None = None,
+    size_col: str | None = None,
+    root=None,
+    load_options: dict | None = None,
+    block_rows: int = 32,
+    shard_rows: int = 256,
+    table_format: str = "ecsv",
+    region_format: str | None = "ds9",
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    cancel: threading.Event | None = None,
+    _ray_fault: dict | None = None,
+) -> SurveyRun:
     """Classify (or ask about) every row of a survey catalogue; results go to the folder ``out``.
 
     Parameters
@@ -163,30 +189,64 @@ def tag_catalog(catalog, out, *, model=None, task: str = "classify", labels=None
     model = DEFAULT_MODEL if model is None else model
     _check(engine, model)
     survey = read_survey(catalog, columns=columns, file_col=file_col, size_col=size_col, root=root)
-    scorer = Scorer(model if not isinstance(model, Path) else str(model), task=task, labels=labels,
-                    preset=preset, question=question, max_new_tokens=max_new_tokens, load_options=load_options)
+    scorer = Scorer(
+        model if not isinstance(model, Path) else str(model),
+        task=task,
+        labels=labels,
+        preset=preset,
+        question=question,
+        max_new_tokens=max_new_tokens,
+        load_options=load_options,
+    )
     described = {**scorer.describe(), "catalogue": survey.where, "rows": len(survey)}
-    outputs = SurveyOutputs(out, table_format=table_format, region_format=region_format, overwrite=overwrite,
-                            resume=resume).reserve(described, len(survey))
+    outputs = SurveyOutputs(
+        out, table_format=table_format, region_format=region_format, overwrite=overwrite, resume=resume
+    ).reserve(described, len(survey))
     try:
         skipped = len(outputs.done)
         blocks = work_blocks(survey, skip=outputs.done, block_rows=block_rows)
         stage_options = {"size": size, "stretch": stretch, "hdu": hdu}
         counts = {"done": 0, "failed": 0}
-        _run_engine(engine, blocks, scorer, stage_options, outputs, len(survey) - skipped, shard_rows, progress,
-                    cancel, counts, ray_address=ray_address, actors=actors, fault=_ray_fault)
+        _run_engine(
+            engine,
+            blocks,
+            scorer,
+            stage_options,
+            outputs,
+            len(survey) - skipped,
+            shard_rows,
+            progress,
+            cancel,
+            counts,
+            ray_address=ray_address,
+            actors=actors,
+            fault=_ray_fault,
+        )
         complete = len(outputs.done) >= len(survey)
-        written = outputs.merge(scorer.prob_columns, scorer.label_set.labels if scorer.label_set else None) \
-            if complete else []
-        return SurveyRun(done=counts["done"] - counts["failed"], failed=counts["failed"], skipped=skipped,
-                         total=len(survey), complete=complete, out=outputs.dir, table_path=outputs.table_path,
-                         failed_path=outputs.failed_path, written=written, images_scored=scorer.images_scored)
+        written = (
+            outputs.merge(scorer.prob_columns, scorer.label_set.labels if scorer.label_set else None)
+            if complete
+            else []
+        )
+        return SurveyRun(
+            done=counts["done"] - counts["failed"],
+            failed=counts["failed"],
+            skipped=skipped,
+            total=len(survey),
+            complete=complete,
+            out=outputs.dir,
+            table_path=outputs.table_path,
+            failed_path=outputs.failed_path,
+            written=written,
+            images_scored=scorer.images_scored,
+        )
     finally:
         outputs.release()
 
 
-def _run_engine(engine, blocks, scorer, stage_options, outputs, todo, shard_rows, progress, cancel, counts,
-                **ray_options) -> None:
+def _run_engine(
+    engine, blocks, scorer, stage_options, outputs, todo, shard_rows, progress, cancel, counts, **ray_options
+) -> None:
     from tqdm.auto import tqdm
 
     if engine == "local":
@@ -195,6 +255,12 @@ def _run_engine(engine, blocks, scorer, stage_options, outputs, todo, shard_rows
         from .ray_engine import ray_batches
 
         where, batches = ray_batches(blocks, scorer, stage_options, **ray_options)
-    with tqdm(total=todo, desc=f"{scorer.task} ({where})", unit="row", disable=not progress or todo < 2,
-              file=sys.stderr, smoothing=0.05) as bar:
+    with tqdm(
+        total=todo,
+        desc=f"{scorer.task} ({where})",
+        unit="row",
+        disable=not progress or todo < 2,
+        file=sys.stderr,
+        smoothing=0.05,
+    ) as bar:
         _consume(batches, outputs, shard_rows, bar, cancel, counts)

@@ -40,8 +40,10 @@ def _pyarrow():
         import pyarrow
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise AstroVLMError("Survey runs write Parquet shards, which needs pyarrow: "
-                            "pip install 'glue-astrovlm[ray]' (or pip install pyarrow).") from None
+        raise AstroVLMError(
+            "Survey runs write Parquet shards, which needs pyarrow: "
+            "pip install 'glue-astrovlm[ray]' (or pip install pyarrow)."
+        ) from None
     return pyarrow
 
 
@@ -56,14 +58,22 @@ class SurveyOutputs:
         As for `~glue_astrovlm.outputs.RunOutputs`.
     """
 
-    def __init__(self, out, *, table_format: str = "ecsv", region_format: str | None = "ds9",
-                 overwrite: bool = False, resume: bool = False):
+    def __init__(
+        self,
+        out,
+        *,
+        table_format: str = "ecsv",
+        region_format: str | None = "ds9",
+        overwrite: bool = False,
+        resume: bool = False,
+    ):
         self.dir = Path(out).expanduser()
         if not self.dir.name:
             raise AstroVLMError("The output folder name is empty; give one such as --out tags.")
         name = self.dir.name
-        self.run = RunOutputs(self.dir / name, table_format=table_format, region_format=None, overwrite=overwrite,
-                              resume=resume)
+        self.run = RunOutputs(
+            self.dir / name, table_format=table_format, region_format=None, overwrite=overwrite, resume=resume
+        )
         self.region_format = region_format
         self.table_path = self.run.table_path
         self.failed_path = output_path(self.dir / f"{name}_failed", table_format)
@@ -91,9 +101,11 @@ class SurveyOutputs:
         earlier = self._read_manifest()
         if earlier is not None and not self.run.resume:
             if not self.run.overwrite:
-                raise AstroVLMError(f"{self.dir} holds a survey run ({len(earlier.get('shards', []))} finished "
-                                    "shard(s)); pass --resume to continue it, --overwrite to start again, or "
-                                    "choose another --out.")
+                raise AstroVLMError(
+                    f"{self.dir} holds a survey run ({len(earlier.get('shards', []))} finished "
+                    "shard(s)); pass --resume to continue it, --overwrite to start again, or "
+                    "choose another --out."
+                )
             self.manifest_path.unlink()
             shutil.rmtree(self.shards_dir, ignore_errors=True)
             earlier = None
@@ -101,13 +113,19 @@ class SurveyOutputs:
             before = earlier.get("request", {})
             changed = sorted(k for k in described if k in before and before[k] != described[k])
             if changed:
-                raise AstroVLMError(f"The survey run in {self.dir} was made with another {', '.join(changed)}; "
-                                    "resume with the same options, or start again with --overwrite or another "
-                                    "--out.")
+                raise AstroVLMError(
+                    f"The survey run in {self.dir} was made with another {', '.join(changed)}; "
+                    "resume with the same options, or start again with --overwrite or another "
+                    "--out."
+                )
             self.manifest = earlier
             self.done = self._finished_rows()
-            log.info("Resuming: %d finished row(s) in %d shard(s) of %s", len(self.done),
-                     len(earlier["shards"]), self.dir)
+            log.info(
+                "Resuming: %d finished row(s) in %d shard(s) of %s",
+                len(self.done),
+                len(earlier["shards"]),
+                self.dir,
+            )
         else:
             self.manifest = {"version": 1, "request": described, "total": int(total), "shards": []}
         self.shards_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +138,10 @@ class SurveyOutputs:
             if not isinstance(manifest.get("shards"), list):
                 raise ValueError("no list of shards")
         except (OSError, ValueError, AttributeError) as error:
-            raise AstroVLMError(f"Could not read {self.manifest_path} ({error}); move the folder away or pass "
-                                "--overwrite to start again.") from None
+            raise AstroVLMError(
+                f"Could not read {self.manifest_path} ({error}); move the folder away or pass "
+                "--overwrite to start again."
+            ) from None
         return manifest
 
     def _finished_rows(self) -> set[int]:
@@ -147,15 +167,18 @@ class SurveyOutputs:
         name = f"part-{number:06d}.parquet"
         table = pa.Table.from_pylist(list(unique.values()))
         atomic_write(self.shards_dir / name, lambda tmp: pa.parquet.write_table(table, tmp), overwrite=True)
-        self.manifest["shards"].append({"name": name, "rows": len(unique),
-                                        "failed": sum(1 for r in unique.values() if r["error"])})
+        self.manifest["shards"].append(
+            {"name": name, "rows": len(unique), "failed": sum(1 for r in unique.values() if r["error"])}
+        )
         self.done.update(unique)
         self._write_manifest()
         return len(unique)
 
     def _write_manifest(self) -> None:
         text = json.dumps(self.manifest, indent=1)
-        atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
+        atomic_write(
+            self.manifest_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True
+        )
 
     # ------------------------------------------------------------------ at the end
     def read_rows(self):
@@ -189,8 +212,11 @@ class SurveyOutputs:
         done, bad = table[~failed], table[failed]
         written = []
         for part, path in ((done, self.table_path), (bad, self.failed_path)):
-            keep = [c for c in part.colnames if c != "error"] if part is done else \
-                [c for c in ("row", "source_id", "source", "ra", "dec", "x_pix", "y_pix", "error")]
+            keep = (
+                [c for c in part.colnames if c != "error"]
+                if part is done
+                else [c for c in ("row", "source_id", "source", "ra", "dec", "x_pix", "y_pix", "error")]
+            )
             part = part[keep]
             for name, unit in (("x_pix", "pix"), ("y_pix", "pix"), ("ra", "deg"), ("dec", "deg")):
                 part[name].unit = unit
@@ -210,8 +236,13 @@ class SurveyOutputs:
         for stem, regions in regions_per_image(table, probability_columns, labels):
             suffix = ".reg" if self.region_format == "ds9" else ".crtf"
             path = self.regions_dir / (stem + suffix)
-            written.append(atomic_write(path, lambda tmp: regions.write(tmp, format=self.region_format,
-                                                                        overwrite=True), overwrite=True))
+            written.append(
+                atomic_write(
+                    path,
+                    lambda tmp: regions.write(tmp, format=self.region_format, overwrite=True),
+                    overwrite=True,
+                )
+            )
         return written
 
     @property
@@ -219,4 +250,3 @@ class SurveyOutputs:
         """Rows finished so far: ``{'rows': n, 'failed': f}``."""
         shards = self.manifest.get("shards", [])
         return {"rows": sum(s["rows"] for s in shards), "failed": sum(s["failed"] for s in shards)}
-

@@ -42,12 +42,13 @@ def start_ray(address: str | None = None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 include_dashboard=False)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise AstroVLMError(f"Could not connect to the Ray cluster at {address}: {error}. Start it with "
-                            "`ray start --head` (see docs/survey.md), or leave out --ray-address to run on a "
-                            "local one.") from None
+        raise AstroVLMError(
+            f"Could not connect to the Ray cluster at {address}: {error}. Start it with "
+            "`ray start --head` (see docs/survey.md), or leave out --ray-address to run on a "
+            "local one."
+        ) from None
     return True
 
 
@@ -79,8 +80,10 @@ class _ScoreActor:
 
 def _stage(stage_options: dict):
     def cut(item: dict) -> list[dict]:
-        block = {name: (list(value) if isinstance(value, (list, np.ndarray)) else value)
-                 for name, value in item.items()}
+        block = {
+            name: (list(value) if isinstance(value, (list, np.ndarray)) else value)
+            for name, value in item.items()
+        }
         block["sizes"] = [list(s) for s in block["sizes"]]
         return cut_block(block, **stage_options)
 
@@ -100,12 +103,26 @@ def _scorer_args(scorer: Scorer, num_gpus: float) -> dict:
     options = dict(scorer.load_options)
     if not num_gpus:
         options.setdefault("device", "cpu")
-    return {"model": str(scorer.spec), "task": scorer.task, "labels": scorer.label_set,
-            "question": scorer.question, "max_new_tokens": scorer.max_new_tokens, "load_options": options}
+    return {
+        "model": str(scorer.spec),
+        "task": scorer.task,
+        "labels": scorer.label_set,
+        "question": scorer.question,
+        "max_new_tokens": scorer.max_new_tokens,
+        "load_options": options,
+    }
 
 
-def ray_batches(blocks: list[dict], scorer: Scorer, stage_options: dict, *, ray_address: str | None = None,
-                actors: int | None = None, batch_size: int = 16, fault: dict | None = None):
+def ray_batches(
+    blocks: list[dict],
+    scorer: Scorer,
+    stage_options: dict,
+    *,
+    ray_address: str | None = None,
+    actors: int | None = None,
+    batch_size: int = 16,
+    fault: dict | None = None,
+):
     """``(description, iterator of row lists)`` of the blocks run on Ray."""
     started = start_ray(ray_address)
     count, num_gpus = _actors(actors)
@@ -117,12 +134,19 @@ def ray_batches(blocks: list[dict], scorer: Scorer, stage_options: dict, *, ray_
         try:
             if not blocks:
                 return
+            _quiet_ray_data()
+            # Ray Data retries tasks lost to a dead worker or node (max_retries=-1) and restarts actors
+            # with their unfinished batches (max_restarts=-1, max_task_retries=-1) by default.
             dataset = ray.data.from_items(blocks, override_num_blocks=len(blocks))
-            dataset = dataset.flat_map(_stage(stage_options), num_cpus=0.5, max_retries=3)
+            dataset = dataset.flat_map(_stage(stage_options), num_cpus=0.5)
             dataset = dataset.map_batches(
-                _ScoreActor, fn_constructor_kwargs={"scorer_args": _scorer_args(scorer, num_gpus), "fault": fault},
-                batch_size=batch_size, concurrency=count, num_gpus=num_gpus, num_cpus=0 if num_gpus else 1,
-                max_restarts=-1, max_task_retries=-1)
+                _ScoreActor,
+                fn_constructor_kwargs={"scorer_args": _scorer_args(scorer, num_gpus), "fault": fault},
+                batch_size=batch_size,
+                compute=ray.data.ActorPoolStrategy(size=count),
+                num_gpus=num_gpus,
+                num_cpus=0 if num_gpus else 1,
+            )
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 names = list(batch)
                 yield [{name: _plain(batch[name][i]) for name in names} for i in range(len(batch["row"]))]
@@ -131,6 +155,22 @@ def ray_batches(blocks: list[dict], scorer: Scorer, stage_options: dict, *, ray_
                 ray.shutdown()
 
     return where, rows()
+
+
+def _quiet_ray_data() -> None:
+    """One progress bar (the driver's): Ray Data's own bars and per-run log lines only with -v."""
+    import warnings
+
+    import ray
+
+    with warnings.catch_warnings():
+        # Ray 2.60's DataContext() sets its own deprecated fields (use_push_based_shuffle, use_polars, ...)
+        # on creation, which warns each time; nothing here sets them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    if not log.isEnabledFor(logging.INFO):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _plain(value):

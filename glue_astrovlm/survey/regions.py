@@ -16,14 +16,29 @@ def _results(rows, wcs, probability_columns: dict):
     results = []
     for row in rows:
         bbox = tuple(int(v) for v in str(row["bbox"]).split(",")) if row["bbox"] else (0, 0, 0, 0)
-        provenance = Provenance(source=str(row["source"]), bbox=bbox,
-                                center_pixel=(float(row["x_pix"]), float(row["y_pix"])),
-                                source_id=str(row["source_id"]), parent_wcs=wcs)
-        probabilities = {label: float(row[column]) for label, column in probability_columns.items()
-                         if column in row.colnames and np.isfinite(row[column])}
+        provenance = Provenance(
+            source=str(row["source"]),
+            bbox=bbox,
+            center_pixel=(float(row["x_pix"]), float(row["y_pix"])),
+            source_id=str(row["source_id"]),
+            parent_wcs=wcs,
+        )
+        probabilities = {
+            label: float(row[column])
+            for label, column in probability_columns.items()
+            if column in row.colnames and np.isfinite(row[column])
+        }
         confidence = float(row["confidence"]) if np.isfinite(row["confidence"]) else None
-        results.append(Result(task=str(row["task"]), provenance=provenance, label=str(row["label"]) or None,
-                              confidence=confidence, probabilities=probabilities, answer=str(row["answer"])))
+        results.append(
+            Result(
+                task=str(row["task"]),
+                provenance=provenance,
+                label=str(row["label"]) or None,
+                confidence=confidence,
+                probabilities=probabilities,
+                answer=str(row["answer"]),
+            )
+        )
     return results
 
 

@@ -37,8 +37,17 @@ class Scorer:
         Keyword arguments of `~glue_astrovlm.load_model` (device, dtype, batch_size, adapter, ...).
     """
 
-    def __init__(self, model, *, task: str = "classify", labels=None, preset: str | None = None,
-                 question: str | None = None, max_new_tokens: int = 128, load_options: dict | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        task: str = "classify",
+        labels=None,
+        preset: str | None = None,
+        question: str | None = None,
+        max_new_tokens: int = 128,
+        load_options: dict | None = None,
+    ):
         from ..labelsets import resolve_labels
         from ..results import probability_columns
 
@@ -72,8 +81,10 @@ class Scorer:
 
         from ..models.base import ModelImage
 
-        images = [ModelImage(Image.fromarray(np.asarray(r["image"], dtype=np.uint8)), None, r["stretch"])
-                  for r in records]
+        images = [
+            ModelImage(Image.fromarray(np.asarray(r["image"], dtype=np.uint8)), None, r["stretch"])
+            for r in records
+        ]
         vlm = self.vlm()
         self.images_scored += len(images)
         if self.task == "classify":
@@ -82,11 +93,16 @@ class Scorer:
 
     def empty_row(self) -> dict:
         """The result columns of a row the model did not see."""
-        row = {"task": self.task, "label": "", "confidence": np.nan,
-               "label_set": self.label_set.describe() if self.label_set is not None else ""}
+        row = {
+            "task": self.task,
+            "label": "",
+            "confidence": np.nan,
+            "label_set": self.label_set.describe() if self.label_set is not None else "",
+        }
         row.update({column: np.nan for column in self.prob_columns.values()})
-        row.update(answer="", prompt_hash="", model=str(self.spec), adapter="", stretch="", image_tokens=-1,
-                   time="")
+        row.update(
+            answer="", prompt_hash="", model=str(self.spec), adapter="", stretch="", image_tokens=-1, time=""
+        )
         return row
 
     def score(self, records: list[dict]) -> list[dict]:
@@ -108,6 +124,9 @@ class Scorer:
 
     def describe(self) -> dict:
         """What the run asks, recorded in the manifest and compared when resuming."""
-        return {"task": self.task, "labels": list(self.label_set.labels) if self.label_set is not None else None,
-                "question": self.question if self.task == "ask" else (self.label_set.question or None),
-                "model": str(self.spec)}
+        return {
+            "task": self.task,
+            "labels": list(self.label_set.labels) if self.label_set is not None else None,
+            "question": self.question if self.task == "ask" else (self.label_set.question or None),
+            "model": str(self.spec),
+        }

@@ -22,9 +22,21 @@ NO_IMAGE = np.zeros((1, 1, 3), dtype=np.uint8)
 
 
 def _record(row: int, source_id: str, path: str, error: str = "", **known) -> dict:
-    record = {"row": int(row), "source_id": source_id, "source": path, "hdu": "", "cube": "", "x_pix": np.nan,
-              "y_pix": np.nan, "ra": np.nan, "dec": np.nan, "bbox": "", "stretch": "", "error": error,
-              "image": NO_IMAGE}
+    record = {
+        "row": int(row),
+        "source_id": source_id,
+        "source": path,
+        "hdu": "",
+        "cube": "",
+        "x_pix": np.nan,
+        "y_pix": np.nan,
+        "ra": np.nan,
+        "dec": np.nan,
+        "bbox": "",
+        "stretch": "",
+        "error": error,
+        "image": NO_IMAGE,
+    }
     record.update(known)
     return record
 
@@ -59,14 +71,21 @@ def _one(source, block: dict, index: int, size, stretch) -> dict:
 
     row, source_id = block["rows"][index], block["ids"][index]
     try:
-        cutout = cutout_at(source, _position(block, index), _size(block, index, size), stretch=stretch,
-                           source_id=source_id)
+        cutout = cutout_at(
+            source, _position(block, index), _size(block, index, size), stretch=stretch, source_id=source_id
+        )
     except AstroVLMError as error:
         return _record(row, source_id, block["file"], str(error), **_sky_of(block, index))
     known = Result(task="", provenance=cutout.provenance).to_row()
     known = {name: known[name] for name in PROVENANCE_COLUMNS if name not in ("source_id", "source")}
-    return _record(row, source_id, block["file"], stretch=cutout.stretch_text(),
-                   image=np.asarray(cutout.to_image(), dtype=np.uint8), **known)
+    return _record(
+        row,
+        source_id,
+        block["file"],
+        stretch=cutout.stretch_text(),
+        image=np.asarray(cutout.to_image(), dtype=np.uint8),
+        **known,
+    )
 
 
 def _sky_of(block: dict, index: int) -> dict:
@@ -92,8 +111,10 @@ def cut_block(block: dict, *, size=128, stretch=None, hdu=None) -> list[dict]:
         if source.is_cube:
             raise AstroVLMError(f"{path} is a cube; survey runs cut 2-D images")
     except AstroVLMError as error:
-        return [_record(row, source_id, path, str(error), **_sky_of(block, i))
-                for i, (row, source_id) in enumerate(zip(block["rows"], block["ids"]))]
+        return [
+            _record(row, source_id, path, str(error), **_sky_of(block, i))
+            for i, (row, source_id) in enumerate(zip(block["rows"], block["ids"]))
+        ]
     try:
         chosen = stretch_for(source, stretch)
         return [_one(source, block, i, size, chosen) for i in range(len(block["rows"]))]
