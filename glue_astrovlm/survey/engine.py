@@ -115,37 +115,15 @@ def _check(engine: str, model) -> None:
         )
 
 
-def tag_catalog(
-    catalog,
-    out,
-    *,
-    model=None,
-    task: str = "classify",
-    labels=None,
-    preset: str | None = None,
-    question: str | None = None,
-    max_new_tokens: int = 128,
-    engine: str = "local",
-    ray_address: str | None = None,
-    actors: int | None = None,
-    size=128,
-    stretch=None,
-    hdu=None,
-    columns: dict | None = None,
-    file_col: str | None = None,
-    size_col: str | None = None,
-    root=None,
-    load_options: dict | None = None,
-    block_rows: int = 32,
-    shard_rows: int = 256,
-    table_format: str = "ecsv",
-    region_format: str | None = "ds9",
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: bool = True,
-    cancel: threading.Event | None = None,
-    _ray_fault: dict | None = None,
-) -> SurveyRun:
+def tag_catalog(catalog, out, *, model=None, task: str = "classify", labels=None,
+                preset: str | None = None, question: str | None = None, max_new_tokens: int = 128,
+                engine: str = "local", ray_address: str | None = None, actors: int | None = None, size=128,
+                stretch=None, hdu=None, columns: dict | None = None, file_col: str | None = None,
+                size_col: str | None = None, root=None, load_options: dict | None = None,
+                block_rows: int = 32, shard_rows: int = 256, table_format: str = "ecsv",
+                region_format: str | None = "ds9", overwrite: bool = False, resume: bool = False,
+                progress: bool = True, cancel: threading.Event | None = None,
+                _ray_fault: dict | None = None) -> SurveyRun:
     """Classify (or ask about) every row of a survey catalogue; results go to the folder ``out``.
 
     Parameters
@@ -189,59 +167,31 @@ def tag_catalog(
     model = DEFAULT_MODEL if model is None else model
     _check(engine, model)
     survey = read_survey(catalog, columns=columns, file_col=file_col, size_col=size_col, root=root)
-    scorer = Scorer(
-        model if not isinstance(model, Path) else str(model),
-        task=task,
-        labels=labels,
-        preset=preset,
-        question=question,
-        max_new_tokens=max_new_tokens,
-        load_options=load_options,
-    )
+    scorer = Scorer(str(model) if isinstance(model, Path) else model, task=task, labels=labels, preset=preset,
+                    question=question, max_new_tokens=max_new_tokens, load_options=load_options)
     described = {**scorer.describe(), "catalogue": survey.where, "rows": len(survey)}
-    outputs = SurveyOutputs(
-        out, table_format=table_format, region_format=region_format, overwrite=overwrite, resume=resume
-    ).reserve(described, len(survey))
+    outputs = SurveyOutputs(out, table_format=table_format, region_format=region_format, overwrite=overwrite,
+                            resume=resume).reserve(described, len(survey))
     try:
         skipped = len(outputs.done)
         blocks = work_blocks(survey, skip=outputs.done, block_rows=block_rows)
-        stage_options = {"size": size, "stretch": stretch, "hdu": hdu}
         counts = {"done": 0, "failed": 0}
-        _run_engine(
-            engine,
-            blocks,
-            scorer,
-            stage_options,
-            outputs,
-            len(survey) - skipped,
-            shard_rows,
-            progress,
-            cancel,
-            counts,
-            ray_address=ray_address,
-            actors=actors,
-            fault=_ray_fault,
-        )
-        complete = len(outputs.done) >= len(survey)
-        written = (
-            outputs.merge(scorer.prob_columns, scorer.label_set.labels if scorer.label_set else None)
-            if complete
-            else []
-        )
-        return SurveyRun(
-            done=counts["done"] - counts["failed"],
-            failed=counts["failed"],
-            skipped=skipped,
-            total=len(survey),
-            complete=complete,
-            out=outputs.dir,
-            table_path=outputs.table_path,
-            failed_path=outputs.failed_path,
-            written=written,
-            images_scored=scorer.images_scored,
-        )
+        _run_engine(engine, blocks, scorer, {"size": size, "stretch": stretch, "hdu": hdu}, outputs,
+                    len(survey) - skipped, shard_rows, progress, cancel, counts, ray_address=ray_address,
+                    actors=actors, fault=_ray_fault)
+        return _finish(survey, scorer, outputs, counts, skipped)
     finally:
         outputs.release()
+
+
+def _finish(survey, scorer, outputs, counts: dict, skipped: int) -> SurveyRun:
+    """Merge the shards when every row is finished, and say what the run did."""
+    complete = len(outputs.done) >= len(survey)
+    labels = scorer.label_set.labels if scorer.label_set is not None else None
+    written = outputs.merge(scorer.prob_columns, labels) if complete else []
+    return SurveyRun(done=counts["done"] - counts["failed"], failed=counts["failed"], skipped=skipped,
+                     total=len(survey), complete=complete, out=outputs.dir, table_path=outputs.table_path,
+                     failed_path=outputs.failed_path, written=written, images_scored=scorer.images_scored)
 
 
 def _run_engine(
