@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,11 @@ class SurveyRun:
     written : list of Path
         The merged table, failed table and region files.
     table_path, failed_path, out : Path
+    images_scored : int
+        Images this process sent to the model (0 with Ray, whose actors score).
+    seconds, first_rows_s, steady_rows_per_s : float
+        The run's time, the time to its first finished rows (start-up: actors, model loading), and
+        rows per second after them.
     """
 
     done: int
@@ -54,6 +60,9 @@ class SurveyRun:
     failed_path: Path
     written: list = field(default_factory=list)
     images_scored: int = 0
+    seconds: float = float("nan")
+    first_rows_s: float = float("nan")
+    steady_rows_per_s: float = float("nan")
 
     def summary(self) -> str:
         """``'done 40, failed 8, skipped 0 of 48 rows'``: the line the command line prints."""
@@ -67,6 +76,15 @@ class SurveyRun:
 
         return read_table(self.table_path, "results table")
 
+    def results(self) -> dict:
+        """``{image file: [Result, ...]}`` of a complete run, each result with its catalogue row in
+        ``provenance.extra['row']``: what glue's and jdaviz's write-back take (``GlueVLM.write_tags``)."""
+        from .regions import results_per_image
+
+        table = self.table()
+        columns = {label: column for column, label in table.meta.get("probability_columns", {}).items()}
+        return dict(results_per_image(table, columns))
+
 
 def _consume(batches, outputs, shard_rows: int, bar, cancel, counts: dict) -> None:
     """Write the rows of ``batches`` (an iterator of row lists) as shards of about ``shard_rows`` rows;
@@ -74,6 +92,8 @@ def _consume(batches, outputs, shard_rows: int, bar, cancel, counts: dict) -> No
     buffer: list[dict] = []
     try:
         for rows in batches:
+            if "first" not in counts:  # what start-up cost (actors, model loading) ends here
+                counts.update(first=time.perf_counter(), first_rows=len(rows))
             buffer += rows
             bar.update(len(rows))
             if len(buffer) >= shard_rows:
@@ -175,7 +195,7 @@ def tag_catalog(catalog, out, *, model=None, task: str = "classify", labels=None
     try:
         skipped = len(outputs.done)
         blocks = work_blocks(survey, skip=outputs.done, block_rows=block_rows)
-        counts = {"done": 0, "failed": 0}
+        counts = {"done": 0, "failed": 0, "began": time.perf_counter()}
         _run_engine(engine, blocks, scorer, {"size": size, "stretch": stretch, "hdu": hdu}, outputs,
                     len(survey) - skipped, shard_rows, progress, cancel, counts, ray_address=ray_address,
                     actors=actors, fault=_ray_fault)
@@ -186,12 +206,17 @@ def tag_catalog(catalog, out, *, model=None, task: str = "classify", labels=None
 
 def _finish(survey, scorer, outputs, counts: dict, skipped: int) -> SurveyRun:
     """Merge the shards when every row is finished, and say what the run did."""
+    ended = time.perf_counter()
+    first = counts.get("first", ended)
+    rows_after = counts["done"] - counts.get("first_rows", 0)
     complete = len(outputs.done) >= len(survey)
     labels = scorer.label_set.labels if scorer.label_set is not None else None
     written = outputs.merge(scorer.prob_columns, labels) if complete else []
     return SurveyRun(done=counts["done"] - counts["failed"], failed=counts["failed"], skipped=skipped,
                      total=len(survey), complete=complete, out=outputs.dir, table_path=outputs.table_path,
-                     failed_path=outputs.failed_path, written=written, images_scored=scorer.images_scored)
+                     failed_path=outputs.failed_path, written=written, images_scored=scorer.images_scored,
+                     seconds=time.perf_counter() - counts["began"], first_rows_s=first - counts["began"],
+                     steady_rows_per_s=rows_after / (ended - first) if ended > first else float("nan"))
 
 
 def _run_engine(

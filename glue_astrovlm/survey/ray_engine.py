@@ -169,8 +169,16 @@ def _quiet_ray_data() -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
+    logger = logging.getLogger("ray.data")
+    if not any(isinstance(f, _NoBarsNotice) for f in logger.filters):
+        logger.addFilter(_NoBarsNotice())  # it would say that its bars are off, which is the point
     if not log.isEnabledFor(logging.INFO):
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logger.setLevel(logging.WARNING)
+
+
+class _NoBarsNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars disabled")
 
 
 def _plain(value):
