@@ -6,7 +6,9 @@ image's WCS) on each of ``--images`` real FIRST (MiraBest) FITS files from
 a fresh output folder, with the same model folder:
 
 local
-    ``engine='local'``: one process, blocks of one image cut and scored in turn.
+    ``engine='local'``: one process, blocks of one image cut and scored in turn, with ``--threads``
+    torch threads (default 1, as a one-CPU Ray actor has: on a 2-core machine under load, two
+    intra-op threads made the tiny model about 9 times slower than one).
 ray-1cpu, ray-2cpu
     ``engine='ray'`` on a local Ray started here (``ray.init(num_cpus=N+1)``: N one-CPU model actors
     and room for the cutting tasks), 1 and 2 CPU actors. Ray's start is timed apart; each run's time
@@ -130,6 +132,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--gpu", action="store_true", help="also one GPU actor (needs a CUDA GPU)")
     parser.add_argument("--skip-cpu-actors", action="store_true", help="with --gpu: local and GPU only")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the local run (default 1: what a one-CPU Ray actor gets)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -140,10 +144,14 @@ def main() -> None:
     model = build_model(Path(tempfile.gettempdir()) / "glue-astrovlm-bench", args.model)
     device = "cuda" if args.gpu else "cpu"
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "local_threads": args.threads,
               "load_before": os.getloadavg(), "model": args.model, "rows": args.images * args.per_image,
               "images": args.images, "runs": {}}
+    import torch
+
     from glue_astrovlm import load_model
 
+    torch.set_num_threads(args.threads)
     load_model(str(model), device=device).close()  # imports and file cache warm, as for the actors' workers
     local = run(catalogue, model, work / "local", "local", None, device)
     report["runs"]["local"] = {k: v for k, v in local.items() if k != "table"}

@@ -169,11 +169,11 @@ def _quiet_ray_data() -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    logger = logging.getLogger("ray.data")
-    if not any(isinstance(f, _NoBarsNotice) for f in logger.filters):
-        logger.addFilter(_NoBarsNotice())  # it would say that its bars are off, which is the point
+    notices = logging.getLogger("ray.data._internal.progress")  # Ray 2.60 says there that its bars are off
+    if not any(isinstance(f, _NoBarsNotice) for f in notices.filters):
+        notices.addFilter(_NoBarsNotice())
     if not log.isEnabledFor(logging.INFO):
-        logger.setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 class _NoBarsNotice(logging.Filter):
