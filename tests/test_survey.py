@@ -222,3 +222,19 @@ def test_importing_the_package_the_survey_and_the_cli_imports_no_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ask_runs_over_a_survey_catalogue(survey, tiny_smolvlm, tmp_path):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    table = read_table(catalog)[:7]  # five rows on one image, the row outside it, one more
+    run = tag_catalog(table, tmp_path / "answers", model=tiny_smolvlm, task="ask", question="Is there a jet?",
+                      max_new_tokens=2, size=SIZE, root=catalog.parent, progress=False)
+    assert run.complete and (run.done, run.failed) == (6, 1)
+    answers = run.table()
+    assert set(answers["task"]) == {"ask"} and answers["answer"].dtype.kind == "U"
+    assert not [c for c in answers.colnames if c.startswith("p_")]
+    with pytest.raises(AstroVLMError, match="question"):
+        tag_catalog(table, tmp_path / "none", model=tiny_smolvlm, task="ask", root=catalog.parent)
