@@ -90,10 +90,12 @@ def _stage(stage_options: dict):
     return cut
 
 
-def _actors(actors: int | None) -> tuple[int, float]:
+def _actors(actors: int | None, remote: bool) -> tuple[int, float]:
+    """How many actors, and the GPUs of each: one GPU per actor where the cluster has one for each; none
+    for a server URL (the server holds the model), where the default is one actor."""
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = 0 if remote else int(ray.cluster_resources().get("GPU", 0))
     if actors is None:
         actors = max(1, gpus)
     return int(actors), (1.0 if gpus >= actors else 0.0)
@@ -125,7 +127,7 @@ def ray_batches(
 ):
     """``(description, iterator of row lists)`` of the blocks run on Ray."""
     started = start_ray(ray_address)
-    count, num_gpus = _actors(actors)
+    count, num_gpus = _actors(actors, str(scorer.spec).startswith(("http://", "https://")))
     where = f"ray: {count} {'GPU' if num_gpus else 'CPU'} actor{'s' if count > 1 else ''}"
 
     def rows():
