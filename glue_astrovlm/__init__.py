@@ -43,6 +43,7 @@ _EXPORTS = {
     "OperationCancelled": "models",
     "load_model": "models",
     "DEFAULT_MODEL": "models.loading",
+    "tag_catalog": "survey",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -115,6 +115,8 @@ def _add_what_to_send(parser) -> None:
     for role, example in (("ra", "RAJ2000"), ("dec", "DEJ2000"), ("x", "X_IMAGE"), ("y", "Y_IMAGE"),
                           ("id", "NAME")):
         columns.add_argument(f"--{role}-col", metavar="NAME", help=f"{role} column of --catalog (e.g. {example})")
+    columns.add_argument("--file-col", metavar="NAME", help="image file column of a survey --catalog (without "
+                                                            "FILE; default: file, filename, path, image)")
     columns.add_argument("--skip-outside", action="store_true",
                          help="leave out catalogue rows outside the image or on blank pixels (with a warning)")
     detect = parser.add_argument_group("detection (--detect)")
@@ -151,8 +153,10 @@ def _add_cube_and_stretch(parser) -> None:
 
 
 def _add_source_options(parser) -> None:
-    parser.add_argument("file", help="FITS (also .fits.gz/.bz2/.fz), PNG or JPEG; 'R.fits,G.fits,B.fits' for "
-                                     "an RGB composite of three bands on one pixel grid")
+    parser.add_argument("file", nargs="?",
+                        help="FITS (also .fits.gz/.bz2/.fz), PNG or JPEG; 'R.fits,G.fits,B.fits' for an RGB "
+                             "composite of three bands on one pixel grid. Leave it out for a survey catalogue "
+                             "(--catalog with a file column naming each row's image)")
     parser.add_argument("--hdu", help="HDU index or name (default: first HDU with an image)")
     _add_what_to_send(parser)
     _add_cube_and_stretch(parser)
@@ -192,6 +196,22 @@ def _add_output_options(parser) -> None:
                        help="log device, dtype, batch size and tokens, and the libraries' own messages")
 
 
+def _add_survey_options(parser) -> None:
+    from ..survey.engine import ENGINES
+
+    group = parser.add_argument_group("survey catalogues (--catalog with a file column, no FILE)")
+    group.add_argument("--engine", choices=ENGINES, default="local",
+                       help="run in this process (local, the default) or on a Ray cluster (ray: the one "
+                            "--ray-address or RAY_ADDRESS names, else a local one); --out is then a folder")
+    group.add_argument("--ray-address", metavar="ADDRESS", help="Ray cluster to run on, e.g. ray://head:10001")
+    group.add_argument("--actors", type=positive_int, metavar="N",
+                       help="Ray model actors (default: one per GPU, else one CPU actor)")
+    group.add_argument("--block-rows", type=positive_int, default=32, metavar="N",
+                       help="rows of one image cut per task (default 32)")
+    group.add_argument("--shard-rows", type=positive_int, default=256, metavar="N",
+                       help="finished rows per Parquet shard, the unit that --resume keeps (default 256)")
+
+
 def _add_task_parsers(sub) -> None:
     classify = sub.add_parser("classify", help="classify cutouts with calibrated label probabilities")
     _add_source_options(classify)
@@ -202,6 +222,7 @@ def _add_task_parsers(sub) -> None:
     labels.add_argument("--preset", help="a shipped label set (see `astrovlm presets`)")
     classify.add_argument("--question", help="replace the label set's question")
     _add_model_options(classify)
+    _add_survey_options(classify)
     _add_output_options(classify)
 
     ask = sub.add_parser("ask", help="ask a question about each cutout")
@@ -209,6 +230,7 @@ def _add_task_parsers(sub) -> None:
     ask.add_argument("question", help="the question, in quotes")
     ask.add_argument("--max-new-tokens", type=positive_int, default=128)
     _add_model_options(ask)
+    _add_survey_options(ask)
     _add_output_options(ask)
 
     describe = sub.add_parser("describe", help="caption each cutout")

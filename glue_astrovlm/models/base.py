@@ -71,11 +71,13 @@ def as_model_images(images) -> list[ModelImage]:
     """
     from PIL import Image
 
-    if isinstance(images, (Cutout, np.ndarray, Image.Image)):
+    if isinstance(images, (Cutout, np.ndarray, Image.Image, ModelImage)):
         images = [images]
     converted = []
     for item in images:
-        if isinstance(item, Cutout):
+        if isinstance(item, ModelImage):  # rendered already (a survey run renders on other processes)
+            converted.append(item)
+        elif isinstance(item, Cutout):
             converted.append(ModelImage(item.to_image(), item.provenance, item.stretch_text()))
         elif isinstance(item, Image.Image):
             converted.append(ModelImage(item.convert("RGB"), None, "as given"))

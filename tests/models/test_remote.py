@@ -935,3 +935,26 @@ def test_environment_proxy_is_followed_but_never_for_loopback(chat_server, image
     with pytest.raises(AstroVLMError, match="Could not connect to the server at http://gpu-node.invalid"):
         RemoteVLM("http://gpu-node.invalid:8000/v1", timeout=5, max_retries=0)
     assert len(chat_server.requests) == before
+
+
+def test_a_survey_catalogue_runs_on_the_server_as_classify_does(served, remote, fits_dir, tmp_path):
+    """Issue 15: the survey stage scores through the remote backend; rows equal classify's of the same
+    cutouts, and a row outside its image is recorded, not sent."""
+    from glue_astrovlm import cutouts_from_catalog, open_image
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.survey import tag_catalog
+
+    from ..survey_helpers import make_survey
+
+    catalog, _ = make_survey(tmp_path / "survey", fits_dir)
+    table = read_table(catalog)[:9]  # eight rows on one image and the row outside it
+    run = tag_catalog(table, tmp_path / "tags", model=served["url"], labels=["FRI", "FRII"], size=32,
+                      root=catalog.parent, load_options={"concurrency": 2}, progress=False)
+    assert run.complete and (run.done, run.failed) == (8, 1)
+    tags = run.table()
+    with open_image(tags["source"][0]) as image:
+        expected = remote.classify(cutouts_from_catalog(image, tags["source_id", "ra", "dec"], size=32,
+                                                        id_col="source_id"), ["FRI", "FRII"])
+    assert list(tags["label"]) == [r.label for r in expected]
+    assert np.allclose(tags["p_FRI"], [r.probabilities["FRI"] for r in expected], atol=1e-6)
+    assert set(tags["model"]) == {expected[0].model}
