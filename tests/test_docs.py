@@ -101,12 +101,14 @@ def _blocks(path: Path):
             reason = marker.group(1)
         elif stripped.startswith("```"):
             fence = stripped[:len(stripped) - len(stripped.lstrip("`"))]
-            language = stripped[len(fence):].strip().split()[0].lower() if stripped[len(fence):].strip() else ""
+            info = stripped[len(fence):].split()
+            language = info[0].lower() if info else ""
             indent = len(lines[index]) - len(lines[index].lstrip())
             start, index = index + 1, index + 1
             while index < len(lines) and not lines[index].strip().startswith(fence):
                 index += 1
-            body = [line[indent:] if not line[:indent].strip() else line.lstrip() for line in lines[start:index]]
+            body = [line[indent:] if not line[:indent].strip() else line.lstrip()
+                    for line in lines[start:index]]
             yield language, start + 1, body, reason
             reason = ""
         elif stripped:
