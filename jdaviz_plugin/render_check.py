@@ -107,6 +107,8 @@ def build_imviz():
         plg.send = "Spatial subset"
         plg.subset = "Subset 1"
         plg.classify(["star", "galaxy", "dark nebula"])
+    # columns that fit the tray (the others stay one click away in the table's column menu)
+    plg._obj.table.headers_visible = ["source", "task", "label", "confidence"]
     plg.open_in_tray()
     return viz._app
 
@@ -132,12 +134,15 @@ def build_cubeviz():
     plg.tag_source = "Detected in view"
     plg.nsigma = 3
     plg.max_sources = 6
+    plg.cutout_size = 16  # the map is 105 px across: small boxes leave the emission visible
     model = os.environ.get(MODEL_ENV)
     if model:
         from glue_astrovlm.session import VLMSession
 
         plg.vlm_session = VLMSession(model, dtype="float32")
         plg.tag(["dense core", "outflow", "diffuse"])
+    # columns that fit the tray (the others stay one click away in the table's column menu)
+    plg._obj.table.headers_visible = ["source", "label", "confidence", "subset"]
     plg.open_in_tray()
     return viz._app
 
@@ -203,7 +208,8 @@ def _tiny_model(folder: Path) -> str | None:
     if not SHARED_SMOLVLM_CONFIG.is_dir():
         print(f"note: no model configuration at {SHARED_SMOLVLM_CONFIG}; rendering without running tasks")
         return None
-    return str(build_smolvlm(folder))
+    build_smolvlm(folder)
+    return folder.name  # the server runs in the folder's parent: the panel shows a clean name
 
 
 def check_page(page, config: str, timeout_ms: int, with_results: bool) -> list[str]:
@@ -387,7 +393,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = _tiny_model(Path(tmp) / "tiny-smolvlm")
+        model = _tiny_model(Path(tmp) / "SmolVLM-256M-tiny-random")
         env = {**os.environ, FITS_ENV: str(args.fits_dir)}
         if model:
             env[MODEL_ENV] = model
