@@ -104,6 +104,11 @@ def _scenario(model_dir: str, fits: str, choose: float) -> dict:
             "worst_stall_seconds": max(gaps) if gaps else None,
             "stalls_over_100ms": sum(g > 0.1 for g in gaps),
             "ticks": len(gaps),
+            # when each long stall began, and the phases, in seconds after the panel opened
+            "stalls": [[round(a - opened, 2), round(b - a, 2)] for a, b in zip(ticks, ticks[1:])
+                       if a >= opened and b - a > 0.1],
+            "phases": {name: round(t - opened, 2) for name, t in sorted(
+                {**marks, "clicked": clicked, "answered": answered}.items(), key=lambda kv: kv[1])},
         },
         "label": result.label,
         "dtype": str(getattr(panel.vlm.session.vlm(), "dtype", "")),
