@@ -205,6 +205,11 @@ class VLMSession:
         if request.task == "classify":
             return vlm.classify(cutouts, request.labels, preset=request.preset, question=request.question,
                                 **options)
+        if request.task == "ask" and request.follow_ups:
+            from .conversations import converse_each
+
+            return converse_each(vlm, cutouts, (request.question, *request.follow_ups),
+                                 max_new_tokens=request.max_new_tokens, **options)
         if request.task == "ask":
             return vlm.ask(cutouts, request.question, max_new_tokens=request.max_new_tokens, **options)
         return vlm.describe(cutouts, max_new_tokens=request.max_new_tokens, **options)

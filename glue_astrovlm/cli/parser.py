@@ -206,7 +206,12 @@ def _add_task_parsers(sub) -> None:
 
     ask = sub.add_parser("ask", help="ask a question about each cutout")
     _add_source_options(ask)
-    ask.add_argument("question", help="the question, in quotes")
+    ask.add_argument("question", nargs="*",
+                     help="the question, in quotes; several questions are one conversation about each cutout, "
+                          "every turn a row of the results table")
+    ask.add_argument("--questions", metavar="FILE",
+                     help="a text file of questions, one a line, asked after any given on the command line, "
+                          "as one conversation")
     ask.add_argument("--max-new-tokens", type=positive_int, default=128)
     _add_model_options(ask)
     _add_output_options(ask)
