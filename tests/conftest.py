@@ -81,6 +81,26 @@ def tiny_llava_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A tiny BERT encoder with random weights and a real tokenizer, for the embedding similarity."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from glue_astrovlm.testing import SHARED_SMOLVLM_CONFIG
+
+    if not SHARED_SMOLVLM_CONFIG.is_dir():
+        pytest.skip(f"model configuration {SHARED_SMOLVLM_CONFIG} is not available")
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(SHARED_SMOLVLM_CONFIG)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_smolvlm(tiny_smolvlm_dir):
     """The tiny SmolVLM loaded through load_model in float32, as a user would load a saved model."""
     from glue_astrovlm import load_model
