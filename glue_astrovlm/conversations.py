@@ -109,6 +109,8 @@ class Conversation:
         self.title = title if title is not None else (first.source_id if first is not None else "") or ""
         self.turns: list[Turn] = []
         self.id = uuid.uuid4().hex[:12]
+        #: Set when the astronomer starts a new conversation about the same cutout: kept, not continued.
+        self.closed = False
         #: What a backend keeps between turns (a local model's attention cache); never saved.
         self.backend_state: dict[str, Any] = {}
 
@@ -189,7 +191,7 @@ class Conversation:
     # ------------------------------------------------------------------ saving
     def to_dict(self) -> dict:
         """Plain data (JSON-safe): the pictures as PNG, the turns, corrections and what answered."""
-        return {"id": self.id, "title": self.title,
+        return {"id": self.id, "title": self.title, "closed": self.closed,
                 "images": [{"png": _png(m.image), "stretch": m.stretch,
                             "provenance": None if m.provenance is None else m.provenance.source_id}
                            for m in self.images],
@@ -209,6 +211,7 @@ class Conversation:
                 ModelImage(image, provenances[i] if provenances else None, entry.get("stretch", "as given"))
                 for i, (image, entry) in enumerate(zip(images, data["images"]))]
             conversation.id = str(data.get("id", conversation.id))
+            conversation.closed = bool(data.get("closed", False))
             for entry in data["turns"]:
                 result = entry.get("result")
                 if result:
