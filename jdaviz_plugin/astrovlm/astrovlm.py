@@ -375,7 +375,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         return selection.view_request_of(data, self._viewer(), **options), None
 
     # ------------------------------------------------------------------------------ tasks
-    def ask(self, question: str | None = None, *, cube: dict | None = None, wait: bool = True):
+    def ask(self, question: str | None = None, *, cube: dict | None = None, wait: bool = True,
+            max_new_tokens: int = 128):
         """Ask a question about the subset or viewer area; the answer joins the history.
 
         Parameters
@@ -389,9 +390,15 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             Block until the answer is back (default) and return the `~glue_astrovlm.Result`. With
             ``False``, return the running `~concurrent.futures.Future` at once; the plugin is updated
             when the kernel is next idle.
+        max_new_tokens : int, optional
+            Longest answer, in tokens.
+
+        The question continues the conversation about the current subset or viewer area (see
+        :meth:`new_conversation`); the result's ``turn`` says which turn it is.
         """
         if question is not None:
             self.question = question
+        self._max_new_tokens = max_new_tokens
         return self._start("ask", cube=cube, wait=wait)
 
     def classify(self, labels=None, *, preset: str | None = None, cube: dict | None = None, wait: bool = True):
@@ -463,7 +470,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         if task == "ask":
             if not self.question.strip():
                 raise AstroVLMError("Type a question first.")
-            fields = {"task": "ask", "question": self.question.strip()}
+            fields = {"task": "ask", "question": self.question.strip(),
+                      "max_new_tokens": getattr(self, "_max_new_tokens", 128)}
             context["question"] = fields["question"]
         else:
             context["labels"] = self._label_set()
