@@ -220,19 +220,19 @@ class FreeformReport:
         return Table(rows=rows) if rows else Table()
 
     def differences(self, first: int = 0, second: int = 1, count: int = 5) -> list[dict]:
-        """The questions where two systems differ most (judge score, else chrF or exact match)."""
+        """The questions where two systems differ most: by the judge's score, then (ties, or no judge) by
+        the text score (chrF for long references, exact match for short ones)."""
         a, b = self.systems[first], self.systems[second]
 
-        def per_case(system):
-            judged = system.judge_scores()
-            text = np.where(np.isnan(system.scores["chrf"]), system.scores["exact_match"], system.scores["chrf"])
-            return np.where(np.isnan(judged), text, judged)
+        def text(system):
+            return np.where(np.isnan(system.scores["chrf"]), system.scores["exact_match"], system.scores["chrf"])
 
-        diff = per_case(b) - per_case(a)
-        order = [i for i in np.argsort(-np.abs(np.nan_to_num(diff))) if not np.isnan(diff[i])][:count]
+        judged = np.nan_to_num(b.judge_scores() - a.judge_scores())
+        texts = np.nan_to_num(text(b) - text(a))
+        order = sorted(range(len(a.cases)), key=lambda i: (-abs(judged[i]), -abs(texts[i])))[:count]
         return [{"item": a.cases[i]["item"], "turn": a.cases[i]["turn"], "question": a.cases[i]["question"],
                  "reference": a.cases[i]["reference"], a.name: a.cases[i]["answer"], b.name: b.cases[i]["answer"],
-                 "difference": float(diff[i])} for i in order]
+                 "judge difference": float(judged[i]), "text difference": float(texts[i])} for i in order]
 
     def write(self, out_dir, *, format: str = "md", overwrite: bool = False) -> list[Path]:
         """Write ``report.<format>``, ``metrics.json``, ``per_question.ecsv`` and ``judge_verdicts.jsonl``."""

@@ -79,12 +79,13 @@ def render(report, format: str) -> str:
         _judge(doc, report)
     if len(report.systems) >= 2:
         a, b = report.systems[0], report.systems[1]
-        measure = "judge score" if report.judge is not None else "chrF (long) or exact match (short)"
         doc.heading(2, f"Largest differences: {b.name} against {a.name}")
-        doc.para(f"Questions where the {measure} of {b.name} minus that of {a.name} is largest in size.")
-        doc.table(["item", "turn", "question", "reference", a.name, b.name, "difference"],
+        doc.para(f"Questions where {b.name} and {a.name} differ most: by the judge's score ({b.name} minus "
+                 f"{a.name}), then by the text score (chrF for long references, exact match for short ones).")
+        doc.table(["item", "turn", "question", "reference", a.name, b.name, "judge diff.", "text diff."],
                   [[d["item"], str(d["turn"]), _short(d["question"], 80), _short(d["reference"]), _short(d[a.name]),
-                    _short(d[b.name]), f"{d['difference']:+.3f}"] for d in report.differences()])
+                    _short(d[b.name]), f"{d['judge difference']:+.3f}", f"{d['text difference']:+.3f}"]
+                   for d in report.differences()])
     doc.para("Files: metrics.json (every number), per_question.ecsv (every question, answer and score), "
              + ("judge_verdicts.jsonl (every verdict)." if report.judge is not None else "no judge verdicts."))
     return doc.text()
