@@ -152,3 +152,23 @@ def test_a_remote_conversation_sends_the_earlier_turns(served, picture):
     # the server read the earlier turns: its prompt grew by the first answer and the new question
     assert second.image_tokens > first.image_tokens
     assert [m["role"] for m in conversation.messages()] == ["user", "assistant", "user", "assistant"]
+
+
+def test_several_cutouts_one_conversation_each_and_cancel_keeps_finished_ones(tiny_smolvlm, picture):
+    import threading
+
+    from glue_astrovlm import OperationCancelled
+    from glue_astrovlm.conversations import converse_each
+
+    results = converse_each(tiny_smolvlm, [picture, picture[::-1]], ["Is there a jet?", "Which side?"],
+                            max_new_tokens=3)
+    assert [r.turn for r in results] == [1, 2, 1, 2]
+    cancel = threading.Event()
+
+    def progress(done, total):
+        cancel.set()  # after the first conversation
+
+    with pytest.raises(OperationCancelled) as stopped:
+        converse_each(tiny_smolvlm, [picture, picture[::-1]], ["Is there a jet?", "Which side?"],
+                      max_new_tokens=3, progress=progress, cancel=cancel)
+    assert [r.turn for r in stopped.value.results] == [1, 2]

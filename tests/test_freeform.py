@@ -153,3 +153,17 @@ def test_a_served_model_judges(served, tiny_smolvlm, conversations):
 def test_classification_data_is_not_free_form(tiny_smolvlm, first_subset):
     with pytest.raises(AstroVLMError, match="needs conversation or caption data"):
         evaluate_freeform(tiny_smolvlm, load_dataset(first_subset("train", 1)))
+
+
+def test_caption_data_is_graded_against_each_caption(tiny_smolvlm, shared_data, tmp_path):
+    images = sorted((shared_data / "first_radio_galaxies" / "train" / "FRI").glob("*.png"))[:2]
+    lines = [{"image": str(path), "caption": f"A radio galaxy with two lobes, number {i}."}
+             for i, path in enumerate(images)]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    data = load_dataset(tmp_path / "captions.jsonl")
+    assert data.kind == "caption"
+    report = evaluate_freeform(tiny_smolvlm, data, max_new_tokens=4, n_boot=50)
+    system, = report.systems
+    assert [c["reference"] for c in system.cases] == [line["caption"] for line in lines]
+    assert all(c["question"].startswith("Describe this astronomical image") for c in system.cases)
+    assert system.summary(50)["chrf"]["n"] == 2 and system.summary(50)["exact_match"]["n"] == 0
