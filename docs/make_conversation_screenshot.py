@@ -39,7 +39,9 @@ def main() -> int:
     viewer = app.new_data_viewer(ImageViewer, data=image)
     viewer.viewer_size = (760, 720)
     x, y = image.pixel_component_ids[1], image.pixel_component_ids[0]
-    group = app.data_collection.new_subset_group("horsehead", RoiSubsetState(x, y, RectangularROI(380, 560, 250, 450)))
+    group = app.data_collection.new_subset_group(
+        "horsehead", RoiSubsetState(x, y, RectangularROI(380, 560, 250, 450))
+    )
     panel = open_panel(app)
     panel.model_combo.setCurrentText(str(model_dir))
     panel.vlm.session.load_options = {"dtype": "float32"}

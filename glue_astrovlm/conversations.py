@@ -64,8 +64,18 @@ class Turn:
 
 
 #: What a saved conversation keeps of each turn's result (the provenance is the conversation's).
-_RESULT_FIELDS = ("task", "answer", "prompt", "prompt_hash", "model", "adapter", "stretch", "image_tokens",
-                  "time", "turn")
+_RESULT_FIELDS = (
+    "task",
+    "answer",
+    "prompt",
+    "prompt_hash",
+    "model",
+    "adapter",
+    "stretch",
+    "image_tokens",
+    "time",
+    "turn",
+)
 
 
 def _result_dict(result: Result) -> dict:
@@ -167,8 +177,12 @@ class Conversation:
                 content = list(parts) + content
             messages.append({"role": "user", "content": content})
             if index < len(self.turns):
-                messages.append({"role": "assistant",
-                                 "content": [{"type": "text", "text": self.turns[index].final_answer}]})
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "text", "text": self.turns[index].final_answer}],
+                    }
+                )
         return messages
 
     def correct(self, turn: int, answer: str) -> None:
@@ -180,8 +194,9 @@ class Conversation:
         if not 0 <= turn < len(self.turns):
             raise AstroVLMError(f"This conversation has {len(self.turns)} turn(s); there is no turn {turn}.")
         if not isinstance(answer, str) or not answer.strip():
-            raise AstroVLMError("A corrected answer must be text; leave the turn as it is to keep the "
-                                "model's.")
+            raise AstroVLMError(
+                "A corrected answer must be text; leave the turn as it is to keep the model's."
+            )
         self.turns[turn].corrected = answer.strip()
 
     def results(self) -> list[Result]:
@@ -191,13 +206,28 @@ class Conversation:
     # ------------------------------------------------------------------ saving
     def to_dict(self) -> dict:
         """Plain data (JSON-safe): the pictures as PNG, the turns, corrections and what answered."""
-        return {"id": self.id, "title": self.title, "closed": self.closed,
-                "images": [{"png": _png(m.image), "stretch": m.stretch,
-                            "provenance": None if m.provenance is None else m.provenance.source_id}
-                           for m in self.images],
-                "turns": [{"question": t.question, "answer": t.answer, "corrected": t.corrected,
-                           "result": None if t.result is None else _result_dict(t.result)}
-                          for t in self.turns]}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "closed": self.closed,
+            "images": [
+                {
+                    "png": _png(m.image),
+                    "stretch": m.stretch,
+                    "provenance": None if m.provenance is None else m.provenance.source_id,
+                }
+                for m in self.images
+            ],
+            "turns": [
+                {
+                    "question": t.question,
+                    "answer": t.answer,
+                    "corrected": t.corrected,
+                    "result": None if t.result is None else _result_dict(t.result),
+                }
+                for t in self.turns
+            ],
+        }
 
     @classmethod
     def from_dict(cls, data: dict, provenances: Sequence | None = None) -> "Conversation":
@@ -209,7 +239,8 @@ class Conversation:
             conversation = cls(images, title=data.get("title", ""))
             conversation.images = [
                 ModelImage(image, provenances[i] if provenances else None, entry.get("stretch", "as given"))
-                for i, (image, entry) in enumerate(zip(images, data["images"]))]
+                for i, (image, entry) in enumerate(zip(images, data["images"]))
+            ]
             conversation.id = str(data.get("id", conversation.id))
             conversation.closed = bool(data.get("closed", False))
             for entry in data["turns"]:
@@ -217,29 +248,36 @@ class Conversation:
                 if result:
                     first = conversation.images[0].provenance
                     result = Result(provenance=first, **{k: result[k] for k in _RESULT_FIELDS if k in result})
-                conversation.turns.append(Turn(entry["question"], entry["answer"], entry.get("corrected"),
-                                               result))
+                conversation.turns.append(
+                    Turn(entry["question"], entry["answer"], entry.get("corrected"), result)
+                )
         except (KeyError, TypeError, ValueError) as error:
-            raise AstroVLMError(f"A saved conversation is damaged ({type(error).__name__}: {error})."
-                                ) from None
+            raise AstroVLMError(
+                f"A saved conversation is damaged ({type(error).__name__}: {error})."
+            ) from None
         return conversation
 
     def to_llava(self, image_file: str | Sequence[str]) -> dict:
         """The LLaVA-style entry of this conversation (corrected answers), naming ``image_file``."""
         if not self.turns:
-            raise AstroVLMError(f"The conversation {self.title!r} has no turn to export; ask a question "
-                                "first.")
+            raise AstroVLMError(
+                f"The conversation {self.title!r} has no turn to export; ask a question first."
+            )
         lines = []
         for index, turn in enumerate(self.turns):
             question = ("<image>\n" * len(self.images) + turn.question) if index == 0 else turn.question
             lines += [{"from": "human", "value": question}, {"from": "gpt", "value": turn.final_answer}]
         image = image_file if isinstance(image_file, str) or len(image_file) != 1 else image_file[0]
-        return {"id": self.id, "image": image if isinstance(image, str) else list(image),
-                "conversations": lines}
+        return {
+            "id": self.id,
+            "image": image if isinstance(image, str) else list(image),
+            "conversations": lines,
+        }
 
 
-def converse_each(vlm, images, questions: Sequence[str], *, max_new_tokens: int = 128, progress=None,
-                  cancel=None) -> list[Result]:
+def converse_each(
+    vlm, images, questions: Sequence[str], *, max_new_tokens: int = 128, progress=None, cancel=None
+) -> list[Result]:
     """One conversation of ``questions`` about each image; every turn a `Result` (``turn`` 1, 2, ...).
 
     A conversation is the unit of work: ``progress(done, total)`` counts images whose conversation
@@ -269,8 +307,9 @@ def converse_each(vlm, images, questions: Sequence[str], *, max_new_tokens: int 
     return results
 
 
-def write_llava_json(conversations: Sequence[Conversation], path: str | os.PathLike, *,
-                     overwrite: bool = False) -> Path:
+def write_llava_json(
+    conversations: Sequence[Conversation], path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Export conversations as LLaVA-style JSON with their pictures, ready for ``astrovlm finetune``.
 
     The pictures the model saw are written as PNG files into ``images/`` beside ``path``; answers are

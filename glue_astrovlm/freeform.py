@@ -52,7 +52,9 @@ class FreeformSystem:
 
     def judge_scores(self) -> np.ndarray:
         """The judge's score of each case (first judgement, reference first); NaN without a judge."""
-        first = {(v.item, v.turn): v.score for v in self.verdicts if v.order == "reference first" and v.repeat == 0}
+        first = {
+            (v.item, v.turn): v.score for v in self.verdicts if v.order == "reference first" and v.repeat == 0
+        }
         return np.array([first.get((c["item"], c["turn"]), np.nan) for c in self.cases], dtype=float)
 
     def summary(self, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -81,9 +83,16 @@ def _cases(dataset, stretch, crop) -> list[dict]:
             raise AstroVLMError(f"Cannot evaluate image {item.path} ({item.item_id}): {error}") from None
         turns = item.turns()
         for index in range(1, len(turns), 2):
-            cases.append({"item": item.item_id, "turn": (index + 1) // 2, "image": cutout,
-                          "question": turns[index - 1][1], "reference": turns[index][1],
-                          "history": turns[:index - 1]})
+            cases.append(
+                {
+                    "item": item.item_id,
+                    "turn": (index + 1) // 2,
+                    "image": cutout,
+                    "question": turns[index - 1][1],
+                    "reference": turns[index][1],
+                    "history": turns[: index - 1],
+                }
+            )
     return cases
 
 
@@ -98,19 +107,32 @@ def _answer(system, cases: list[dict], max_new_tokens: int, progress) -> list[st
             conversation, current = Conversation(case["image"]), case["item"]
             if case["history"]:  # resumed mid-conversation: ask the earlier turns too (answers replaced)
                 raise AstroVLMError(f"{case['item']}: conversation turns are out of order.")
-        result = conversation.ask(system.vlm, case["question"], max_new_tokens=max_new_tokens,
-                                  adapter=system.adapter)
-        conversation.correct(len(conversation.turns) - 1, case["reference"])  # the next turn sees the reference
+        result = conversation.ask(
+            system.vlm, case["question"], max_new_tokens=max_new_tokens, adapter=system.adapter
+        )
+        conversation.correct(
+            len(conversation.turns) - 1, case["reference"]
+        )  # the next turn sees the reference
         answers.append(result.answer)
         if progress is not None:
             progress(1)
     return answers
 
 
-def evaluate_freeform(systems, dataset, *, judge=None, embedding_model: str | None = None,
-                      stretch=None, crop: float = 1.0, limit: int | None = None, seed: int = 0,
-                      max_new_tokens: int = 128, show_progress: bool = False, n_boot: int = 2000
-                      ) -> "FreeformReport":
+def evaluate_freeform(
+    systems,
+    dataset,
+    *,
+    judge=None,
+    embedding_model: str | None = None,
+    stretch=None,
+    crop: float = 1.0,
+    limit: int | None = None,
+    seed: int = 0,
+    max_new_tokens: int = 128,
+    show_progress: bool = False,
+    n_boot: int = 2000,
+) -> "FreeformReport":
     """Answer every reference question of ``dataset`` with each system and score the answers.
 
     Parameters
@@ -137,8 +159,10 @@ def evaluate_freeform(systems, dataset, *, judge=None, embedding_model: str | No
     from .models.base import VLM
 
     if dataset.kind not in ("conversation", "caption"):
-        raise AstroVLMError(f"Free-form evaluation needs conversation or caption data; {dataset.source} holds "
-                            f"{dataset.kind} data (astrovlm eval scores labels on it).")
+        raise AstroVLMError(
+            f"Free-form evaluation needs conversation or caption data; {dataset.source} holds "
+            f"{dataset.kind} data (astrovlm eval scores labels on it)."
+        )
     if isinstance(systems, (VLM, System)):
         systems = [systems]
     systems = [s if isinstance(s, System) else System(_system_name(s), s) for s in systems]
@@ -147,7 +171,9 @@ def evaluate_freeform(systems, dataset, *, judge=None, embedding_model: str | No
     done = []
     for system in systems:
         began = time.perf_counter()
-        with tqdm(total=len(cases), desc=f"answer {system.name}", unit="question", disable=not show_progress) as bar:
+        with tqdm(
+            total=len(cases), desc=f"answer {system.name}", unit="question", disable=not show_progress
+        ) as bar:
             answers = _answer(system, cases, max_new_tokens, bar.update)
         seconds = time.perf_counter() - began
         if len(answers) != len(cases):  # never skip: every reference counts
@@ -156,11 +182,16 @@ def evaluate_freeform(systems, dataset, *, judge=None, embedding_model: str | No
         scores = text_scores(answers, [c["reference"] for c in cases], embedding_model=embedding_model)
         verdicts = []
         if judge is not None:
-            with tqdm(total=len(own), desc=f"judge {system.name}", unit="answer", disable=not show_progress) as bar:
+            with tqdm(
+                total=len(own), desc=f"judge {system.name}", unit="answer", disable=not show_progress
+            ) as bar:
                 verdicts = judge.judge_all(system.name, own, bar.update)
         adapter = getattr(system.vlm, "adapter", None) if system.adapter is ... else system.adapter
-        done.append(FreeformSystem(system.name, str(getattr(system.vlm, "name", "")), adapter, own, scores,
-                                   seconds, verdicts))
+        done.append(
+            FreeformSystem(
+                system.name, str(getattr(system.vlm, "name", "")), adapter, own, scores, seconds, verdicts
+            )
+        )
         log.info("%s: %d questions answered in %.1f s", system.name, len(own), seconds)
     return FreeformReport(dataset, done, judge, embedding_model, n_boot=n_boot, seed=seed)
 
@@ -195,14 +226,32 @@ class FreeformReport:
 
         judge = None
         if self.judge is not None:
-            judge = {"model": self.judge.name, "method": self.judge.method, "prompt_hash": self.judge.prompt_hash,
-                     "same_model_as": self.same_model_judge(), "agreement": self.reliability()}
-        return _json_safe({
-            "generator": "glue-astrovlm eval", "created": self.created, "data": self.dataset.describe(),
-            "questions": len(self.systems[0].cases) if self.systems else 0, "judge": judge,
-            "embedding_model": self.embedding_model,
-            "systems": {s.name: {"model": s.model, "adapter": s.adapter, "seconds": s.seconds,
-                                 "metrics": s.summary(self.n_boot, self.seed)} for s in self.systems}})
+            judge = {
+                "model": self.judge.name,
+                "method": self.judge.method,
+                "prompt_hash": self.judge.prompt_hash,
+                "same_model_as": self.same_model_judge(),
+                "agreement": self.reliability(),
+            }
+        return _json_safe(
+            {
+                "generator": "glue-astrovlm eval",
+                "created": self.created,
+                "data": self.dataset.describe(),
+                "questions": len(self.systems[0].cases) if self.systems else 0,
+                "judge": judge,
+                "embedding_model": self.embedding_model,
+                "systems": {
+                    s.name: {
+                        "model": s.model,
+                        "adapter": s.adapter,
+                        "seconds": s.seconds,
+                        "metrics": s.summary(self.n_boot, self.seed),
+                    }
+                    for s in self.systems
+                },
+            }
+        )
 
     def per_question_table(self):
         """An astropy Table: one row per reference question and system, with every score."""
@@ -212,8 +261,14 @@ class FreeformReport:
         for system in self.systems:
             judged = system.judge_scores()
             for i, case in enumerate(system.cases):
-                row = {"system": system.name, "item": case["item"], "turn": case["turn"], "question": case["question"],
-                       "reference": case["reference"], "answer": case["answer"]}
+                row = {
+                    "system": system.name,
+                    "item": case["item"],
+                    "turn": case["turn"],
+                    "question": case["question"],
+                    "reference": case["reference"],
+                    "answer": case["answer"],
+                }
                 row.update({name: float(values[i]) for name, values in system.scores.items()})
                 row["judge"] = float(judged[i])
                 rows.append(row)
@@ -225,14 +280,26 @@ class FreeformReport:
         a, b = self.systems[first], self.systems[second]
 
         def text(system):
-            return np.where(np.isnan(system.scores["chrf"]), system.scores["exact_match"], system.scores["chrf"])
+            return np.where(
+                np.isnan(system.scores["chrf"]), system.scores["exact_match"], system.scores["chrf"]
+            )
 
         judged = np.nan_to_num(b.judge_scores() - a.judge_scores())
         texts = np.nan_to_num(text(b) - text(a))
         order = sorted(range(len(a.cases)), key=lambda i: (-abs(judged[i]), -abs(texts[i])))[:count]
-        return [{"item": a.cases[i]["item"], "turn": a.cases[i]["turn"], "question": a.cases[i]["question"],
-                 "reference": a.cases[i]["reference"], a.name: a.cases[i]["answer"], b.name: b.cases[i]["answer"],
-                 "judge difference": float(judged[i]), "text difference": float(texts[i])} for i in order]
+        return [
+            {
+                "item": a.cases[i]["item"],
+                "turn": a.cases[i]["turn"],
+                "question": a.cases[i]["question"],
+                "reference": a.cases[i]["reference"],
+                a.name: a.cases[i]["answer"],
+                b.name: b.cases[i]["answer"],
+                "judge difference": float(judged[i]),
+                "text difference": float(texts[i]),
+            }
+            for i in order
+        ]
 
     def write(self, out_dir, *, format: str = "md", overwrite: bool = False) -> list[Path]:
         """Write ``report.<format>``, ``metrics.json``, ``per_question.ecsv`` and ``judge_verdicts.jsonl``."""
@@ -244,18 +311,32 @@ class FreeformReport:
         names = [f"report.{format}", "metrics.json", "per_question.ecsv", "judge_verdicts.jsonl"]
         existing = [n for n in names if (out_dir / n).exists()]
         if existing and not overwrite:
-            raise AstroVLMError(f"{out_dir} already holds {', '.join(existing)}; choose another --out or pass "
-                                "--overwrite.")
+            raise AstroVLMError(
+                f"{out_dir} already holds {', '.join(existing)}; choose another --out or pass --overwrite."
+            )
         out_dir.mkdir(parents=True, exist_ok=True)
         table = self.per_question_table()
-        written = [atomic_write(out_dir / "per_question.ecsv",
-                                lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True), overwrite)]
-        texts = {"metrics.json": json.dumps(self.to_dict(), indent=2), f"report.{format}": render(self, format)}
+        written = [
+            atomic_write(
+                out_dir / "per_question.ecsv",
+                lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True),
+                overwrite,
+            )
+        ]
+        texts = {
+            "metrics.json": json.dumps(self.to_dict(), indent=2),
+            f"report.{format}": render(self, format),
+        }
         if self.judge is not None:
             texts["judge_verdicts.jsonl"] = "".join(
-                json.dumps({**v.to_dict(), "judge": self.judge.name}) + "\n" for s in self.systems for v in s.verdicts)
+                json.dumps({**v.to_dict(), "judge": self.judge.name}) + "\n"
+                for s in self.systems
+                for v in s.verdicts
+            )
         for name, text in texts.items():
-            written.append(atomic_write(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text, "utf-8"),
-                                        overwrite))
+            written.append(
+                atomic_write(
+                    out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text, "utf-8"), overwrite
+                )
+            )
         return written
-

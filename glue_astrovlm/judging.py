@@ -25,8 +25,20 @@ from typing import Sequence
 
 from .errors import AstroVLMError
 
-__all__ = ["VERDICTS", "VERDICT_SCORES", "JUDGE_METHODS", "RUBRIC", "JudgeOutsideRubric", "Judge", "Verdict",
-           "parse_verdict", "rubric_hash", "rubric_prompt", "agreement", "same_model"]
+__all__ = [
+    "VERDICTS",
+    "VERDICT_SCORES",
+    "JUDGE_METHODS",
+    "RUBRIC",
+    "JudgeOutsideRubric",
+    "Judge",
+    "Verdict",
+    "parse_verdict",
+    "rubric_hash",
+    "rubric_prompt",
+    "agreement",
+    "same_model",
+]
 
 VERDICTS = ("correct", "partially correct", "wrong")
 VERDICT_SCORES = {"correct": 1.0, "partially correct": 0.5, "wrong": 0.0}
@@ -44,7 +56,11 @@ RUBRIC = (
     "differ); 'partially correct' if it gets part of it right, or is vaguer than the reference; 'wrong' "
     "if it contradicts the reference, misses its point, or does not answer."
 )
-_DESCRIPTIONS = ("says what the reference says", "gets part of it right", "contradicts or misses the reference")
+_DESCRIPTIONS = (
+    "says what the reference says",
+    "gets part of it right",
+    "contradicts or misses the reference",
+)
 _GENERATE_SUFFIX = "\nReply with exactly one of: correct, partially correct, wrong."
 
 
@@ -83,8 +99,13 @@ def rubric_prompt(question: str, reference: str, answer: str, order: str = ORDER
         pairs.reverse()
     elif order != ORDERS[0]:
         raise AstroVLMError(f"order must be one of {ORDERS}, got {order!r}.")
-    return RUBRIC.format(question=question, first_name=pairs[0][0], first=pairs[0][1],
-                         second_name=pairs[1][0], second=pairs[1][1])
+    return RUBRIC.format(
+        question=question,
+        first_name=pairs[0][0],
+        first=pairs[0][1],
+        second_name=pairs[1][0],
+        second=pairs[1][1],
+    )
 
 
 def parse_verdict(text: str, *, judge: str = "the judge", where: str = "") -> str:
@@ -105,13 +126,15 @@ def parse_verdict(text: str, *, judge: str = "the judge", where: str = "") -> st
         return "wrong" if words[0] == "incorrect" else words[0]
     shown = str(text).strip()[:120] or "(nothing)"
     raise JudgeOutsideRubric(
-        f"{judge} answered {shown!r}{where}, which is outside the rubric ({', '.join(VERDICTS)}). A judge must "
-        "follow the rubric: use an instruction-tuned judge model, or --judge-method score, which ranks the "
-        "three verdicts instead of reading a written one.")
+        f"{judge} answered {shown!r}{where}, which is outside the rubric ({', '.join(VERDICTS)}). A judge "
+        "must follow the rubric: use an instruction-tuned judge model, or --judge-method score, which ranks "
+        "the three verdicts instead of reading a written one."
+    )
 
 
 def same_model(a: str, b: str) -> bool:
     """Whether two model names (Hub ids, folders or ``name @ url``) name the same model."""
+
     def norm(name: str) -> str:
         name = str(name).split(" @ ")[0].split(" (")[0].rstrip("/")
         path = Path(name).expanduser()
@@ -135,7 +158,9 @@ class Judge:
 
     def __init__(self, vlm, method: str = "score", max_new_tokens: int = 12):
         if method not in JUDGE_METHODS:
-            raise AstroVLMError(f"The judge method must be one of {', '.join(JUDGE_METHODS)}, got {method!r}.")
+            raise AstroVLMError(
+                f"The judge method must be one of {', '.join(JUDGE_METHODS)}, got {method!r}."
+            )
         self.vlm = vlm
         self.method = method
         self.max_new_tokens = max_new_tokens
@@ -149,18 +174,20 @@ class Judge:
             text = text.replace(token, " ")
         return " ".join(text.split()) if "\n" not in text else text
 
-    def judge(self, image, question: str, reference: str, answer: str, order: str = ORDERS[0],
-              where: str = "") -> tuple[str, object]:
+    def judge(
+        self, image, question: str, reference: str, answer: str, order: str = ORDERS[0], where: str = ""
+    ) -> tuple[str, object]:
         """``(verdict, raw)`` for one answer: raw is the verdicts' probabilities or the written text."""
         prompt = rubric_prompt(self._clean(question), self._clean(reference), self._clean(answer), order)
         if self.method == "generate":
-            result, = self.vlm.ask(image, prompt + _GENERATE_SUFFIX, max_new_tokens=self.max_new_tokens,
-                                   **self._adapter())
+            (result,) = self.vlm.ask(
+                image, prompt + _GENERATE_SUFFIX, max_new_tokens=self.max_new_tokens, **self._adapter()
+            )
             return parse_verdict(result.answer, judge=f"The judge {self.name}", where=where), result.answer
         from .labelsets import LabelSet
 
         rubric = LabelSet(VERDICTS, _DESCRIPTIONS, question=prompt, name="judge rubric")
-        result, = self.vlm.classify(image, rubric, **self._adapter())
+        (result,) = self.vlm.classify(image, rubric, **self._adapter())
         return result.label, dict(result.probabilities)
 
     def _adapter(self) -> dict:
@@ -173,10 +200,22 @@ class Judge:
         for case in cases:
             where = f" about {case['item']} turn {case['turn']}"
             for order, repeat in ((ORDERS[0], 0), (ORDERS[0], 1), (ORDERS[1], 0)):
-                verdict, raw = self.judge(case["image"], case["question"], case["reference"], case["answer"],
-                                          order, where)
-                verdicts.append(Verdict(case["item"], case["turn"], system, order, repeat, verdict,
-                                        VERDICT_SCORES[verdict], raw, self.prompt_hash))
+                verdict, raw = self.judge(
+                    case["image"], case["question"], case["reference"], case["answer"], order, where
+                )
+                verdicts.append(
+                    Verdict(
+                        case["item"],
+                        case["turn"],
+                        system,
+                        order,
+                        repeat,
+                        verdict,
+                        VERDICT_SCORES[verdict],
+                        raw,
+                        self.prompt_hash,
+                    )
+                )
             if progress is not None:
                 progress(1)
         return verdicts
@@ -193,5 +232,8 @@ def agreement(verdicts: Sequence[Verdict]) -> dict:
     repeat = [c[(ORDERS[0], 0)] == c[(ORDERS[0], 1)] for c in by_case.values() if len(c) == 3]
     swap = [c[(ORDERS[0], 0)] == c[(ORDERS[1], 0)] for c in by_case.values() if len(c) == 3]
     nan = float("nan")
-    return {"repeat": sum(repeat) / len(repeat) if repeat else nan, "swap": sum(swap) / len(swap) if swap else nan,
-            "n": len(repeat)}
+    return {
+        "repeat": sum(repeat) / len(repeat) if repeat else nan,
+        "swap": sum(swap) / len(swap) if swap else nan,
+        "n": len(repeat),
+    }

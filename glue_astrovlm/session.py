@@ -237,7 +237,8 @@ class VLMSession:
             self.model = request.model
         if conversation is None:
             if request is None:
-                raise AstroVLMError("Give the conversation to continue, or a request for the cutout of a new one.")
+                raise AstroVLMError("Give the conversation to continue, or a request for the cutout of a new "
+                                    "one.")
             cutouts = self.prepare(request).cutouts
             if not cutouts:
                 raise AstroVLMError("The selection holds no pixels to talk about; choose another region.")

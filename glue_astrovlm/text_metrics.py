@@ -44,14 +44,17 @@ def _functional():
     try:
         from torchmetrics.functional import text
     except ImportError as error:
-        raise AstroVLMError("Free-form evaluation needs torchmetrics: pip install 'glue-astrovlm[eval]'.") \
-            from error
+        raise AstroVLMError(
+            "Free-form evaluation needs torchmetrics: pip install 'glue-astrovlm[eval]'."
+        ) from error
     return text
 
 
 def _exact_match(text, answer: str, reference: str) -> float:
-    scores = text.squad([{"prediction_text": answer, "id": "q"}],
-                        [{"answers": {"answer_start": [0], "text": [reference]}, "id": "q"}])
+    scores = text.squad(
+        [{"prediction_text": answer, "id": "q"}],
+        [{"answers": {"answer_start": [0], "text": [reference]}, "id": "q"}],
+    )
     return float(scores["exact_match"]) / 100.0
 
 
@@ -68,18 +71,25 @@ def _embedding_similarity(text, answers: list[str], references: list[str], model
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(folder) if folder.is_dir() else str(model))
-        result = text.bert_score([answers[i] for i in filled], [references[i] for i in filled],
-                                 model_name_or_path=str(folder) if folder.is_dir() else str(model),
-                                 num_layers=getattr(config, "num_hidden_layers", None), verbose=False)
+        result = text.bert_score(
+            [answers[i] for i in filled],
+            [references[i] for i in filled],
+            model_name_or_path=str(folder) if folder.is_dir() else str(model),
+            num_layers=getattr(config, "num_hidden_layers", None),
+            verbose=False,
+        )
     except OSError as error:
-        raise AstroVLMError(f"Cannot load the embedding model {model}: {error}. Give a Hub id in the cache or "
-                            "a folder with config.json, the tokenizer and safetensors weights.") from None
+        raise AstroVLMError(
+            f"Cannot load the embedding model {model}: {error}. Give a Hub id in the cache or "
+            "a folder with config.json, the tokenizer and safetensors weights."
+        ) from None
     scores[filled] = np.asarray(result["f1"], dtype=float).reshape(-1)
     return scores
 
 
-def text_scores(answers: Sequence[str], references: Sequence[str], *,
-                embedding_model: str | None = None) -> dict[str, np.ndarray]:
+def text_scores(
+    answers: Sequence[str], references: Sequence[str], *, embedding_model: str | None = None
+) -> dict[str, np.ndarray]:
     """Per-question metrics of ``answers`` against ``references`` (NaN where a metric does not apply).
 
     Parameters
@@ -97,8 +107,9 @@ def text_scores(answers: Sequence[str], references: Sequence[str], *,
         ``exact_match`` for short references, the others for long ones.
     """
     if len(answers) != len(references):
-        raise AstroVLMError(f"{len(answers)} answers for {len(references)} references: every reference needs "
-                            "one answer.")
+        raise AstroVLMError(
+            f"{len(answers)} answers for {len(references)} references: every reference needs one answer."
+        )
     text = _functional()
     n = len(references)
     scores = {name: np.full(n, np.nan) for name in TEXT_METRICS}
@@ -110,10 +121,13 @@ def text_scores(answers: Sequence[str], references: Sequence[str], *,
             continue
         long.append(i)
         scores["bleu"][i] = float(text.bleu_score([answer], [[reference]], n_gram=4, smooth=True))
-        scores["rouge_l"][i] = float(text.rouge_score(answer, reference, rouge_keys="rougeL")["rougeL_fmeasure"])
+        scores["rouge_l"][i] = float(
+            text.rouge_score(answer, reference, rouge_keys="rougeL")["rougeL_fmeasure"]
+        )
         scores["chrf"][i] = float(text.chrf_score([answer], [[reference]]))
     if embedding_model is not None and long:
-        similarity = _embedding_similarity(text, [answers[i] or "" for i in long], [references[i] for i in long],
-                                           embedding_model)
+        similarity = _embedding_similarity(
+            text, [answers[i] or "" for i in long], [references[i] for i in long], embedding_model
+        )
         scores["embedding"][long] = similarity
     return scores

@@ -269,8 +269,9 @@ def check_page(page, config: str, timeout_ms: int, with_results: bool) -> list[s
             if bars != 3:
                 problems.append(f"expected 3 probability bars after classifying, found {bars}")
         elif config == "conversation":
-            if plugin.locator(".astrovlm-answer").count() != 2:
-                problems.append(f"expected 2 turns in the Ask tab, found {plugin.locator('.astrovlm-answer').count()}")
+            turns = plugin.locator(".astrovlm-answer").count()
+            if turns != 2:
+                problems.append(f"expected 2 turns in the Ask tab, found {turns}")
         elif "Tagged" not in message:
             problems.append(f"expected the tagging summary, the plugin says {message.strip()!r}")
         if "error" in (plugin.locator(".astrovlm-message").get_attribute("class") or ""):

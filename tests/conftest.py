@@ -93,7 +93,8 @@ def tiny_encoder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-encoder")
     tokenizer = AutoTokenizer.from_pretrained(SHARED_SMOLVLM_CONFIG)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+                        intermediate_size=64, max_position_embeddings=512,
+                        pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

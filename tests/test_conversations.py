@@ -27,8 +27,11 @@ def picture():
 def _vision_calls(vlm):
     """A counter of the vision tower's forward passes (a real forward hook on the real module)."""
     calls = []
-    tower = next(module for name, module in vlm.model.named_modules()
-                 if name.endswith(("vision_model", "vision_tower")))
+    tower = next(
+        module
+        for name, module in vlm.model.named_modules()
+        if name.endswith(("vision_model", "vision_tower"))
+    )
     handle = tower.register_forward_hook(lambda *args: calls.append(1))
     return calls, handle
 
@@ -160,8 +163,9 @@ def test_several_cutouts_one_conversation_each_and_cancel_keeps_finished_ones(ti
     from glue_astrovlm import OperationCancelled
     from glue_astrovlm.conversations import converse_each
 
-    results = converse_each(tiny_smolvlm, [picture, picture[::-1]], ["Is there a jet?", "Which side?"],
-                            max_new_tokens=3)
+    results = converse_each(
+        tiny_smolvlm, [picture, picture[::-1]], ["Is there a jet?", "Which side?"], max_new_tokens=3
+    )
     assert [r.turn for r in results] == [1, 2, 1, 2]
     cancel = threading.Event()
 
@@ -169,6 +173,12 @@ def test_several_cutouts_one_conversation_each_and_cancel_keeps_finished_ones(ti
         cancel.set()  # after the first conversation
 
     with pytest.raises(OperationCancelled) as stopped:
-        converse_each(tiny_smolvlm, [picture, picture[::-1]], ["Is there a jet?", "Which side?"],
-                      max_new_tokens=3, progress=progress, cancel=cancel)
+        converse_each(
+            tiny_smolvlm,
+            [picture, picture[::-1]],
+            ["Is there a jet?", "Which side?"],
+            max_new_tokens=3,
+            progress=progress,
+            cancel=cancel,
+        )
     assert [r.turn for r in stopped.value.results] == [1, 2]

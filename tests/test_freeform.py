@@ -14,8 +14,16 @@ from astropy.table import Table
 from glue_astrovlm import AstroVLMError, load_model
 from glue_astrovlm.datasets import load_dataset
 from glue_astrovlm.freeform import evaluate_freeform
-from glue_astrovlm.judging import (Judge, JudgeOutsideRubric, Verdict, agreement, parse_verdict, rubric_hash,
-                                   rubric_prompt, same_model)
+from glue_astrovlm.judging import (
+    Judge,
+    JudgeOutsideRubric,
+    Verdict,
+    agreement,
+    parse_verdict,
+    rubric_hash,
+    rubric_prompt,
+    same_model,
+)
 from glue_astrovlm.text_metrics import text_scores
 
 
@@ -25,12 +33,24 @@ def conversations(shared_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("conversations")
     images = sorted((shared_data / "first_radio_galaxies" / "train" / "FRII").glob("*.png"))[:2]
     entries = [
-        {"id": "a", "image": str(images[0]), "conversations": [
-            {"from": "human", "value": "<image>\nWhat class is this source?"}, {"from": "gpt", "value": "FRII"},
-            {"from": "human", "value": "Describe its lobes."},
-            {"from": "gpt", "value": "Two edge-brightened lobes on opposite sides of a faint core."}]},
-        {"id": "b", "image": str(images[1]), "conversations": [
-            {"from": "human", "value": "<image>\nIs there a core?"}, {"from": "gpt", "value": "yes"}]},
+        {
+            "id": "a",
+            "image": str(images[0]),
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat class is this source?"},
+                {"from": "gpt", "value": "FRII"},
+                {"from": "human", "value": "Describe its lobes."},
+                {"from": "gpt", "value": "Two edge-brightened lobes on opposite sides of a faint core."},
+            ],
+        },
+        {
+            "id": "b",
+            "image": str(images[1]),
+            "conversations": [
+                {"from": "human", "value": "<image>\nIs there a core?"},
+                {"from": "gpt", "value": "yes"},
+            ],
+        },
     ]
     path = folder / "chat.json"
     path.write_text(json.dumps(entries))
@@ -40,8 +60,13 @@ def conversations(shared_data, tmp_path_factory):
 # ----------------------------------------------------------------------------- metrics on known answers
 def test_metrics_on_hand_made_references(tiny_encoder):
     answers = ["The FRII.", "FRI", "the jet points north", "the jet points north", ""]
-    references = ["an FRII", "FRII", "a jet points to the north", "the jet points north",
-                  "two lobes and a faint core"]
+    references = [
+        "an FRII",
+        "FRII",
+        "a jet points to the north",
+        "the jet points north",
+        "two lobes and a faint core",
+    ]
     scores = text_scores(answers, references, embedding_model=str(tiny_encoder))
     # short references: exact match after normalisation (articles, case, punctuation); no n-gram scores
     assert list(scores["exact_match"][:2]) == [1.0, 0.0]
@@ -58,10 +83,17 @@ def test_metrics_on_hand_made_references(tiny_encoder):
 
 
 # ----------------------------------------------------------------------------- the judge's rubric
-@pytest.mark.parametrize("text, verdict", [
-    ("Correct", "correct"), ("correct.", "correct"), ("Verdict: **Partially correct** - vaguer", "partially correct"),
-    ("partial", "partially correct"), ("Wrong: it contradicts", "wrong"), ("Incorrect", "wrong"),
-])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("Correct", "correct"),
+        ("correct.", "correct"),
+        ("Verdict: **Partially correct** - vaguer", "partially correct"),
+        ("partial", "partially correct"),
+        ("Wrong: it contradicts", "wrong"),
+        ("Incorrect", "wrong"),
+    ],
+)
 def test_written_verdicts_are_read(text, verdict):
     assert parse_verdict(text) == verdict
 
@@ -83,10 +115,14 @@ def test_agreement_counts_repeats_and_swaps():
     def v(item, order, repeat, verdict):
         return Verdict(item, 1, "s", order, repeat, verdict, 0.0, None, "h")
 
-    verdicts = [v("a", "reference first", 0, "correct"), v("a", "reference first", 1, "correct"),
-                v("a", "answer first", 0, "wrong"),
-                v("b", "reference first", 0, "wrong"), v("b", "reference first", 1, "correct"),
-                v("b", "answer first", 0, "wrong")]
+    verdicts = [
+        v("a", "reference first", 0, "correct"),
+        v("a", "reference first", 1, "correct"),
+        v("a", "answer first", 0, "wrong"),
+        v("b", "reference first", 0, "wrong"),
+        v("b", "reference first", 1, "correct"),
+        v("b", "answer first", 0, "wrong"),
+    ]
     assert agreement(verdicts) == {"repeat": 0.5, "swap": 0.5, "n": 2}
 
 
@@ -97,23 +133,40 @@ def test_same_model_is_recognised(tmp_path):
 
 
 # ----------------------------------------------------------------------------- whole runs
-def test_every_question_is_answered_scored_and_judged(tiny_smolvlm, tiny_llava_dir, conversations, tiny_encoder,
-                                                       tmp_path):
+def test_every_question_is_answered_scored_and_judged(
+    tiny_smolvlm, tiny_llava_dir, conversations, tiny_encoder, tmp_path
+):
     judge = Judge(load_model(tiny_llava_dir, dtype="float32"))
-    report = evaluate_freeform(tiny_smolvlm, load_dataset(conversations), judge=judge,
-                               embedding_model=str(tiny_encoder), max_new_tokens=6, n_boot=200)
-    system, = report.systems
+    report = evaluate_freeform(
+        tiny_smolvlm,
+        load_dataset(conversations),
+        judge=judge,
+        embedding_model=str(tiny_encoder),
+        max_new_tokens=6,
+        n_boot=200,
+    )
+    (system,) = report.systems
     assert [(c["item"], c["turn"]) for c in system.cases] == [("a", 1), ("a", 2), ("b", 1)]
     assert len(system.verdicts) == 3 * 3 and {v.verdict for v in system.verdicts} <= {
-        "correct", "partially correct", "wrong"}
+        "correct",
+        "partially correct",
+        "wrong",
+    }
     summary = system.summary(200)
     assert summary["exact_match"]["n"] == 2 and summary["chrf"]["n"] == 1 and summary["judge"]["n"] == 3
     low, high = summary["judge"]["ci95"]
     assert low <= summary["judge"]["mean"] <= high
     assert report.same_model_judge() == []
     written = report.write(tmp_path / "out", format="md")
-    assert {p.name for p in written} == {"report.md", "metrics.json", "per_question.ecsv", "judge_verdicts.jsonl"}
-    lines = [json.loads(line) for line in (tmp_path / "out" / "judge_verdicts.jsonl").read_text().splitlines()]
+    assert {p.name for p in written} == {
+        "report.md",
+        "metrics.json",
+        "per_question.ecsv",
+        "judge_verdicts.jsonl",
+    }
+    lines = [
+        json.loads(line) for line in (tmp_path / "out" / "judge_verdicts.jsonl").read_text().splitlines()
+    ]
     assert len(lines) == 9 and {line["prompt_hash"] for line in lines} == {judge.prompt_hash}
     assert all(set(line["raw"]) == {"correct", "partially correct", "wrong"} for line in lines)
     assert len(Table.read(tmp_path / "out" / "per_question.ecsv")) == 3
@@ -124,8 +177,14 @@ def test_every_question_is_answered_scored_and_judged(tiny_smolvlm, tiny_llava_d
 
 
 def test_a_judge_that_is_the_candidate_is_flagged(tiny_smolvlm, conversations, tmp_path):
-    report = evaluate_freeform(tiny_smolvlm, load_dataset(conversations), judge=Judge(tiny_smolvlm),
-                               max_new_tokens=3, limit=1, n_boot=50)
+    report = evaluate_freeform(
+        tiny_smolvlm,
+        load_dataset(conversations),
+        judge=Judge(tiny_smolvlm),
+        max_new_tokens=3,
+        limit=1,
+        n_boot=50,
+    )
     assert report.same_model_judge() == [report.systems[0].name]
     report.write(tmp_path, format="html")
     assert "WARNING: the judge is the same model as the candidate" in (tmp_path / "report.html").read_text()
@@ -141,8 +200,9 @@ def test_a_served_model_judges(served, tiny_smolvlm, conversations):
     from glue_astrovlm.models.remote import RemoteVLM
 
     with RemoteVLM(served["url"], timeout=60) as remote:
-        report = evaluate_freeform(tiny_smolvlm, load_dataset(conversations), judge=Judge(remote),
-                                   max_new_tokens=3, n_boot=50)
+        report = evaluate_freeform(
+            tiny_smolvlm, load_dataset(conversations), judge=Judge(remote), max_new_tokens=3, n_boot=50
+        )
         assert len(report.systems[0].verdicts) == 9 and report.judge.name == remote.name
         # the served model is the same architecture, built anew: not the candidate's folder
         assert report.same_model_judge() == []
@@ -157,13 +217,15 @@ def test_classification_data_is_not_free_form(tiny_smolvlm, first_subset):
 
 def test_caption_data_is_graded_against_each_caption(tiny_smolvlm, shared_data, tmp_path):
     images = sorted((shared_data / "first_radio_galaxies" / "train" / "FRI").glob("*.png"))[:2]
-    lines = [{"image": str(path), "caption": f"A radio galaxy with two lobes, number {i}."}
-             for i, path in enumerate(images)]
+    lines = [
+        {"image": str(path), "caption": f"A radio galaxy with two lobes, number {i}."}
+        for i, path in enumerate(images)
+    ]
     (tmp_path / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     data = load_dataset(tmp_path / "captions.jsonl")
     assert data.kind == "caption"
     report = evaluate_freeform(tiny_smolvlm, data, max_new_tokens=4, n_boot=50)
-    system, = report.systems
+    (system,) = report.systems
     assert [c["reference"] for c in system.cases] == [line["caption"] for line in lines]
     assert all(c["question"].startswith("Describe this astronomical image") for c in system.cases)
     assert system.summary(50)["chrf"]["n"] == 2 and system.summary(50)["exact_match"]["n"] == 0

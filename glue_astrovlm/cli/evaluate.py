@@ -98,8 +98,8 @@ def _command_eval_freeform(args, adapters: dict, dataset, out_dir: Path) -> int:
                                show_progress=True)
     same = report.same_model_judge()
     if same:
-        print(f"warning: the judge {judge.name} is the same model as {', '.join(same)}; its grades of its own "
-              "answers are not independent (see the report).", file=sys.stderr)
+        print(f"warning: the judge {judge.name} is the same model as {', '.join(same)}; its grades of its "
+              "own answers are not independent (see the report).", file=sys.stderr)
     written = report.write(out_dir, format=args.format, overwrite=args.overwrite)
     names = ["exact_match", "chrf", "rouge_l", "embedding"] + (["judge"] if judge is not None else [])
     for system in report.systems:
@@ -124,8 +124,8 @@ def command_eval(args) -> int:
     if dataset.kind != "classification":
         return _command_eval_freeform(args, adapters, dataset, out_dir)
     if args.judge or args.embedding_model:
-        raise AstroVLMError("--judge and --embedding-model grade free-form answers; give conversation or caption "
-                            "data (LLaVA JSON, captions JSONL) to use them.")
+        raise AstroVLMError("--judge and --embedding-model grade free-form answers; give conversation or "
+                            "caption data (LLaVA JSON, captions JSONL) to use them.")
     places = [(path, "adapter") for path in adapters.values()]
     places += [(model, "model") for model in [args.model, *args.compare_model]]
     setup = evaluation_setup(finetune_records(places), dataset, labels=labels_from_args(args),

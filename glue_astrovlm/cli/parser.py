@@ -207,8 +207,8 @@ def _add_task_parsers(sub) -> None:
     ask = sub.add_parser("ask", help="ask a question about each cutout")
     _add_source_options(ask)
     ask.add_argument("question", nargs="*",
-                     help="the question, in quotes; several questions are one conversation about each cutout, "
-                          "every turn a row of the results table")
+                     help="the question, in quotes; several questions are one conversation about each "
+                          "cutout, every turn a row of the results table")
     ask.add_argument("--questions", metavar="FILE",
                      help="a text file of questions, one a line, asked after any given on the command line, "
                           "as one conversation")
@@ -276,14 +276,15 @@ def _add_eval_parser(sub) -> None:
                          help="another model (Hub id, directory or server URL) side by side; repeatable")
     freeform = evaluate.add_argument_group("free-form answers (conversation or caption data)")
     freeform.add_argument("--judge", metavar="MODEL",
-                          help="an LLM judge (Hub id, folder or server URL) that grades each answer against the "
-                               "reference with a rubric: correct, partially correct, wrong")
+                          help="an LLM judge (Hub id, folder or server URL) that grades each answer against "
+                               "the reference with a rubric: correct, partially correct, wrong")
     freeform.add_argument("--judge-method", choices=("score", "generate"), default="score",
-                          help="score: rank the three verdicts (never outside the rubric); generate: read the "
-                               "judge's written verdict (default score)")
+                          help="score: rank the three verdicts (never outside the rubric); generate: read "
+                               "the judge's written verdict (default score)")
     freeform.add_argument("--embedding-model", metavar="MODEL",
                           help="encoder (Hub id or folder) for the embedding similarity of long answers")
-    freeform.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest answer (default 128)")
+    freeform.add_argument("--max-new-tokens", type=positive_int, default=128,
+                          help="longest answer (default 128)")
     out = evaluate.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="folder for the report and tables")
     out.add_argument("--format", choices=REPORT_FORMATS, default="md", help="report format (default md)")

@@ -90,7 +90,7 @@ def store_results(data_collection, results: Sequence[Result], *, replace: bool =
     for name, values in columns.items():  # one by one: a column may be called "label"
         # text stays text: glue would turn ids such as "007" into the number 7
         data.add_component(CategoricalComponent(values) if values.dtype.kind == "U" else values, name)
-    data.meta.update(existing.meta if existing is not None else {})  # e.g. the conversations (store_conversations)
+    data.meta.update(existing.meta if existing is not None else {})  # e.g. store_conversations's
     data.meta["astrovlm"] = "results"
     data_collection.append(data)
     return data

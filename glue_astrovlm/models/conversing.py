@@ -46,7 +46,8 @@ def _too_long(vlm, conversation, length: int, max_new_tokens: int, limit: int) -
         f"This conversation ({len(conversation.turns)} earlier turn(s) and the new question) is {length} "
         f"tokens, and with up to {max_new_tokens} for the answer it would not fit the {limit} tokens "
         f"{vlm.name} reads at once. Nothing was cut and nothing was asked: start a new conversation (this "
-        "one keeps its turns), or ask for a shorter answer (max_new_tokens).")
+        "one keeps its turns), or ask for a shorter answer (max_new_tokens)."
+    )
 
 
 def _places_text_by_image_grid(model) -> bool:
@@ -85,8 +86,12 @@ def local_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result:
     import torch
 
     text = vlm.processor.apply_chat_template(conversation.messages(question), add_generation_prompt=True)
-    inputs = vlm.processor(text=[text], images=[[m.image for m in conversation.images]], return_tensors="pt",
-                           **vlm.processor_kwargs)
+    inputs = vlm.processor(
+        text=[text],
+        images=[[m.image for m in conversation.images]],
+        return_tensors="pt",
+        **vlm.processor_kwargs,
+    )
     inputs = vlm._to_device(inputs)
     ids = inputs["input_ids"]
     length = ids.shape[1]
@@ -105,20 +110,34 @@ def local_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result:
         arguments = dict(inputs)
         conversation.backend_state.pop("local", None)  # free the old cache before making a new one
     with torch.inference_mode():
-        output = vlm.model.generate(**arguments, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=vlm.tokenizer.pad_token_id, return_dict_in_generate=True)
+        output = vlm.model.generate(
+            **arguments,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=vlm.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+        )
     sequence = output.sequences[0]
     cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
     if cache is not None and hasattr(cache, "crop"):
-        conversation.backend_state["local"] = {"key": key, "cache": cache,
-                                               "ids": sequence[:cache.get_seq_length()]}
+        conversation.backend_state["local"] = {
+            "key": key,
+            "cache": cache,
+            "ids": sequence[: cache.get_seq_length()],
+        }
     vlm.last_image_tokens = vlm.image_token_count(inputs)
-    log.debug("Conversation turn %d: %d prompt tokens, %d from the cache (image %s)", len(conversation) + 1,
-              length, reuse, "not encoded again" if reuse else "encoded")
+    log.debug(
+        "Conversation turn %d: %d prompt tokens, %d from the cache (image %s)",
+        len(conversation) + 1,
+        length,
+        reuse,
+        "not encoded again" if reuse else "encoded",
+    )
     conversation.backend_state["reused_tokens"] = reuse
     answer = vlm.tokenizer.decode(sequence[length:], skip_special_tokens=True)
-    return text_result(conversation.images[0], "ask", question, answer, vlm.name, vlm.adapter,
-                       vlm.last_image_tokens)
+    return text_result(
+        conversation.images[0], "ask", question, answer, vlm.name, vlm.adapter, vlm.last_image_tokens
+    )
 
 
 def _about_length(detail: str) -> bool:
@@ -140,8 +159,10 @@ def remote_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result
     if pictures is None:
         pictures = [png(m.image) for m in conversation.images]
         conversation.backend_state["png"] = pictures
-    parts = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{picture}"}}
-             for picture in pictures]
+    parts = [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{picture}"}}
+        for picture in pictures
+    ]
     try:
         messages = conversation.messages(question, image_parts=parts)
         data, choice = vlm._chat(None, question, None, messages=messages, max_tokens=max_new_tokens)
@@ -149,9 +170,11 @@ def remote_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result
         if getattr(error, "status", None) in (400, 413, 422) and _about_length(getattr(error, "detail", "")):
             raise AstroVLMError(
                 f"{vlm.name} refused this conversation ({len(conversation.turns)} earlier turn(s) and the "
-                f"new question) as too long for its context: {error.detail[:300]}. Nothing was cut: start a new "
-                "conversation (this one keeps its turns), or ask for a shorter answer.") from None
+                f"new question) as too long for its context: {error.detail[:300]}. Nothing was cut: start a "
+                "new conversation (this one keeps its turns), or ask for a shorter answer."
+            ) from None
         raise
     answer = vlm._answer_text(choice)
-    return text_result(conversation.images[0], "ask", question, answer, vlm.name, None,
-                       vlm._prompt_tokens(data))
+    return text_result(
+        conversation.images[0], "ask", question, answer, vlm.name, None, vlm._prompt_tokens(data)
+    )

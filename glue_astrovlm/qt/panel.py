@@ -430,7 +430,8 @@ class AstroVLMPanel(QWidget):
         if title is not None:
             self.vlm.new_conversation(title)
         self.show_conversation()
-        self.message.setText("The next question starts a new conversation; the earlier one is kept for export.")
+        self.message.setText("The next question starts a new conversation; the earlier one is kept for "
+                             "export.")
 
     def correct_answer(self, answer: str | None = None, turn: int | None = None) -> None:
         """Replace an answer (the last by default) of the current conversation with the astronomer's."""
@@ -441,7 +442,8 @@ class AstroVLMPanel(QWidget):
             return
         turn = len(conversation.turns) - 1 if turn is None else turn
         if answer is None:
-            answer, ok = QInputDialog.getMultiLineText(self, "Correct the answer", conversation.turns[turn].question,
+            answer, ok = QInputDialog.getMultiLineText(self, "Correct the answer",
+                                                       conversation.turns[turn].question,
                                                        conversation.turns[turn].final_answer)
             if not ok:
                 return
@@ -456,7 +458,8 @@ class AstroVLMPanel(QWidget):
     def export_conversations(self, path: str | None = None) -> None:
         """Write every conversation as LLaVA JSON (with its images) for ``astrovlm finetune``."""
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export conversations (LLaVA JSON)", "conversations.json")
+            path, _ = QFileDialog.getSaveFileName(self, "Export conversations (LLaVA JSON)",
+                                                  "conversations.json")
             if not path:
                 return
         try:

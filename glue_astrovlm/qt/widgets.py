@@ -116,9 +116,11 @@ def _tabs(panel) -> QTabWidget:
     panel.conversation_label.setWordWrap(True)
     panel.history = QTextBrowser()
     panel.new_conversation_button = QPushButton("New conversation")
-    panel.new_conversation_button.setToolTip("The next question starts again; this conversation is kept for export")
+    panel.new_conversation_button.setToolTip("The next question starts again; this conversation is kept "
+                                             "for export")
     panel.correct_button = QPushButton("Correct last answer…")
-    panel.correct_button.setToolTip("Replace the model's answer with yours: later questions and exports use it")
+    panel.correct_button.setToolTip("Replace the model's answer with yours: later questions and exports "
+                                    "use it")
     panel.export_conversations_button = QPushButton("Export conversations…")
     panel.export_conversations_button.setToolTip("LLaVA JSON with the images, for astrovlm finetune")
     ask_layout.addWidget(panel.question_edit)

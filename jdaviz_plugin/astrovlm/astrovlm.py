@@ -500,8 +500,9 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
                 context["question"], conversation=active, request=None if active else context["request"],
                 max_new_tokens=context["request"].max_new_tokens)
         else:
-            future = self.vlm_session.submit(context["request"], progress=progress,
-                                             on_prepared=lambda prepared: context.update(cutouts=prepared.cutouts))
+            future = self.vlm_session.submit(
+                context["request"], progress=progress,
+                on_prepared=lambda prepared: context.update(cutouts=prepared.cutouts))
         self._future = future
         if loop is not None:
             future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finish, context, f))
@@ -647,7 +648,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         if current is not None:
             current.closed = True
         self._show_conversation(title)
-        self._report("The next question starts a new conversation; the earlier one is kept for export.", "info")
+        self._report("The next question starts a new conversation; the earlier one is kept for export.",
+                     "info")
 
     def vue_new_conversation(self, *args):
         self.new_conversation()
@@ -660,7 +662,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         title = self._current_title()
         conversation = self._active_conversation(title) if title else None
         if conversation is None or not conversation.turns:
-            raise self._report_error(AstroVLMError("There is no answer to correct yet: ask a question first."))
+            raise self._report_error(AstroVLMError("There is no answer to correct yet: ask a question "
+                                                   "first."))
         answer = self.corrected_answer if answer is None else answer
         try:
             conversation.correct(len(conversation.turns) - 1 if turn is None else turn, answer)
@@ -701,7 +704,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         try:
             entries = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise self._report_error(AstroVLMError(f"Cannot read conversations from {path}: {error}.")) from None
+            raise self._report_error(AstroVLMError(f"Cannot read conversations from {path}: {error}.")
+                                     ) from None
         self._conversations += [Conversation.from_dict(entry) for entry in entries]
         self._show_conversation()
 

@@ -14,10 +14,28 @@ def run(capsys, *argv):
 def test_several_questions_are_one_conversation_per_cutout(capsys, fits_dir, tiny_smolvlm_dir, tmp_path):
     questions = tmp_path / "questions.txt"
     questions.write_text("# follow-ups\nIs it extended?\n")
-    status, out, err = run(capsys, "ask", fits_dir / "HorseHead.fits", "Is there a nebula?",
-                           "Which side is darker?", "--questions", questions, "--pixel", "200", "300",
-                           "--size", "64", "--model", tiny_smolvlm_dir, "--dtype",
-                           "float32", "--max-new-tokens", "4", "--out", tmp_path / "talk")
+    status, out, err = run(
+        capsys,
+        "ask",
+        fits_dir / "HorseHead.fits",
+        "Is there a nebula?",
+        "Which side is darker?",
+        "--questions",
+        questions,
+        "--pixel",
+        "200",
+        "300",
+        "--size",
+        "64",
+        "--model",
+        tiny_smolvlm_dir,
+        "--dtype",
+        "float32",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        tmp_path / "talk",
+    )
     assert status == 0, err
     table = Table.read(tmp_path / "talk.ecsv")
     assert list(table["turn"]) == [1, 2, 3]

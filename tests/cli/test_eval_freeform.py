@@ -15,8 +15,9 @@ def run(capsys, *argv):
     return status, out, err
 
 
-def test_corrected_conversation_to_adapter_to_side_by_side_report(capsys, tiny_smolvlm_dir, tiny_llava_dir,
-                                                                  tiny_encoder, fits_dir, first_subset, tmp_path):
+def test_corrected_conversation_to_adapter_to_side_by_side_report(
+    capsys, tiny_smolvlm_dir, tiny_llava_dir, tiny_encoder, fits_dir, first_subset, tmp_path
+):
     from glue_astrovlm import cutout_at, open_image
 
     vlm = load_model(tiny_smolvlm_dir, dtype="float32")
@@ -30,14 +31,46 @@ def test_corrected_conversation_to_adapter_to_side_by_side_report(capsys, tiny_s
         conversations.append(conversation)
     data = write_llava_json(conversations, tmp_path / "corrected" / "train.json")
 
-    status, out, err = run(capsys, "finetune", data, "--model", tiny_smolvlm_dir, "--out", tmp_path / "adapter",
-                           "--max-steps", "2", "--batch-size", "1", "--lora-r", "4", "--no-progress",
-                           "--device", "cpu")
+    status, out, err = run(
+        capsys,
+        "finetune",
+        data,
+        "--model",
+        tiny_smolvlm_dir,
+        "--out",
+        tmp_path / "adapter",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--lora-r",
+        "4",
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     assert status == 0, err
 
-    status, out, err = run(capsys, "eval", data, "--model", tiny_smolvlm_dir, "--dtype", "float32", "--adapter",
-                           tmp_path / "adapter", "--compare-base", "--judge", tiny_llava_dir, "--embedding-model",
-                           tiny_encoder, "--max-new-tokens", "4", "--out", tmp_path / "report")
+    status, out, err = run(
+        capsys,
+        "eval",
+        data,
+        "--model",
+        tiny_smolvlm_dir,
+        "--dtype",
+        "float32",
+        "--adapter",
+        tmp_path / "adapter",
+        "--compare-base",
+        "--judge",
+        tiny_llava_dir,
+        "--embedding-model",
+        tiny_encoder,
+        "--max-new-tokens",
+        "4",
+        "--out",
+        tmp_path / "report",
+    )
     assert status == 0, err
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert set(metrics["systems"]) == {"base", "adapter"} and metrics["questions"] == 4
@@ -50,6 +83,15 @@ def test_corrected_conversation_to_adapter_to_side_by_side_report(capsys, tiny_s
     assert out.count("questions)") == 2
 
     # --judge on classification data is refused with what to do
-    status, _, err = run(capsys, "eval", first_subset("train", 1), "--model", tiny_smolvlm_dir, "--judge",
-                         tiny_llava_dir, "--out", tmp_path / "x")
+    status, _, err = run(
+        capsys,
+        "eval",
+        first_subset("train", 1),
+        "--model",
+        tiny_smolvlm_dir,
+        "--judge",
+        tiny_llava_dir,
+        "--out",
+        tmp_path / "x",
+    )
     assert status == 2 and "grade free-form answers; give conversation or caption data" in err

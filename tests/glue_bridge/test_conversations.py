@@ -28,7 +28,7 @@ def test_follow_ups_continue_and_new_starts_again(horsehead, vlm, tmp_path):
     first = vlm.converse("Is there a dark nebula?", "my box", max_new_tokens=4)
     second = vlm.converse("Which side is brighter?", "my box", max_new_tokens=4)
     assert (first.turn, second.turn) == (1, 2)
-    conversation, = vlm.conversations
+    (conversation,) = vlm.conversations
     assert conversation.title == f"{image.label} / my box" and len(conversation) == 2
     vlm.correct(f"{image.label} / my box", 0, "Yes, the Horsehead.")
     again = vlm.converse("Is there a dark nebula?", "my box", new=True, max_new_tokens=4)
@@ -51,9 +51,16 @@ def test_conversations_survive_a_glue_session_save(horsehead, vlm, tiny_smolvlm_
     text = GlueSerializer(dc).dumps()
     restored_dc = GlueUnSerializer.loads(text).object("__main__")
     restored = GlueVLM(restored_dc, VLMSession(str(tiny_smolvlm_dir), dtype="float32"))
-    conversation, = restored.conversations
-    assert conversation.turns[0].final_answer == "Yes." and conversation.turns[0].question == "Is there a dark nebula?"
+    (conversation,) = restored.conversations
+    assert (
+        conversation.turns[0].final_answer == "Yes."
+        and conversation.turns[0].question == "Is there a dark nebula?"
+    )
     follow_up = restored.converse("And the edge?", "my box", max_new_tokens=3)
     assert follow_up.turn == 2
-    assert json.loads(restored_dc[writeback.RESULTS_LABEL].meta[writeback.CONVERSATIONS_KEY])[0]["turns"][1][
-        "question"] == "And the edge?"
+    assert (
+        json.loads(restored_dc[writeback.RESULTS_LABEL].meta[writeback.CONVERSATIONS_KEY])[0]["turns"][1][
+            "question"
+        ]
+        == "And the edge?"
+    )

@@ -28,7 +28,7 @@ def test_a_conversation_in_the_ask_tab(qtbot, glue_app, fits_dir, tiny_smolvlm_d
     _ask(qtbot, panel, "Is there a dark nebula?")
     _ask(qtbot, panel, "Which side is brighter?")
     vlm = vlm_for(glue_app)
-    conversation, = vlm.conversations
+    (conversation,) = vlm.conversations
     assert [t.question for t in conversation.turns] == ["Is there a dark nebula?", "Which side is brighter?"]
     assert [r.turn for r in vlm.results] == [1, 2]
     shown = panel.history.toPlainText()
@@ -36,7 +36,10 @@ def test_a_conversation_in_the_ask_tab(qtbot, glue_app, fits_dir, tiny_smolvlm_d
     assert "2 turn(s)" in panel.conversation_label.text()
 
     panel.correct_answer("The western side.")
-    assert conversation.turns[1].final_answer == "The western side." and "corrected" in panel.history.toPlainText()
+    assert (
+        conversation.turns[1].final_answer == "The western side."
+        and "corrected" in panel.history.toPlainText()
+    )
     panel.new_conversation()
     assert panel.history.toPlainText() == "" and conversation.closed
     _ask(qtbot, panel, "What is this?")
@@ -53,6 +56,9 @@ def test_a_conversation_in_the_ask_tab(qtbot, glue_app, fits_dir, tiny_smolvlm_d
         restored_vlm = vlm_for(restored)
         assert [len(c) for c in restored_vlm.conversations] == [2, 1]
         assert restored_vlm.conversations[0].turns[1].final_answer == "The western side."
-        assert json.loads(json.dumps(restored_vlm.conversations[1].to_dict()))["turns"][0]["question"] == "What is this?"
+        assert (
+            json.loads(json.dumps(restored_vlm.conversations[1].to_dict()))["turns"][0]["question"]
+            == "What is this?"
+        )
     finally:
         restored.close()

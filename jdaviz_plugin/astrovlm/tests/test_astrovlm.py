@@ -256,7 +256,8 @@ def test_imviz_holds_a_conversation_about_a_subset(imviz, tmp_path):
     count = len(plg.conversations)
     plg._obj._conversations = []
     plg.load_conversations(written[-1])
-    assert len(plg.conversations) == count and plg.conversations[-2].turns[1].final_answer == "The western side."
+    assert len(plg.conversations) == count
+    assert plg.conversations[-2].turns[1].final_answer == "The western side."
     data = load_llava_json(plg.export_conversations(str(tmp_path / "train.json")))
     assert len(data) == count and ("assistant", "The western side.") in data.items[-2].conversation
 
