@@ -58,6 +58,20 @@ def _exact_match(text, answer: str, reference: str) -> float:
     return float(scores["exact_match"]) / 100.0
 
 
+def _require_safetensors(model: str) -> None:
+    """Refuse an embedding model without safetensors weights (pickled weights can run code)."""
+    from transformers.utils import cached_file
+
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        try:
+            if cached_file(model, name, _raise_exceptions_for_missing_entries=False):
+                return
+        except OSError:
+            pass
+    raise AstroVLMError(f"The embedding model {model} has no safetensors weights (model.safetensors); only "
+                        "safetensors are loaded. Use a model that ships them, or convert it.")
+
+
 def _embedding_similarity(text, answers: list[str], references: list[str], model: str) -> np.ndarray:
     """BERTScore F1 of each pair with ``model`` (a Hub id or folder); empty answers score 0."""
     from pathlib import Path
@@ -67,6 +81,7 @@ def _embedding_similarity(text, answers: list[str], references: list[str], model
     if not filled:
         return scores
     folder = Path(str(model)).expanduser()
+    _require_safetensors(str(folder) if folder.is_dir() else str(model))
     try:
         from transformers import AutoConfig
 

@@ -229,3 +229,10 @@ def test_caption_data_is_graded_against_each_caption(tiny_smolvlm, shared_data, 
     assert [c["reference"] for c in system.cases] == [line["caption"] for line in lines]
     assert all(c["question"].startswith("Describe this astronomical image") for c in system.cases)
     assert system.summary(50)["chrf"]["n"] == 2 and system.summary(50)["exact_match"]["n"] == 0
+
+
+def test_an_embedding_model_without_safetensors_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(AstroVLMError, match="no safetensors weights"):
+        text_scores(["a long answer here"], ["a long reference text"], embedding_model=str(tmp_path))
