@@ -182,3 +182,15 @@ def test_several_cutouts_one_conversation_each_and_cancel_keeps_finished_ones(ti
             cancel=cancel,
         )
     assert [r.turn for r in stopped.value.results] == [1, 2]
+
+
+def test_only_the_most_recent_conversations_keep_a_cache(tiny_smolvlm, picture):
+    from glue_astrovlm.models.conversing import MAX_CACHED_CONVERSATIONS
+
+    conversations = [Conversation(picture) for _ in range(MAX_CACHED_CONVERSATIONS + 1)]
+    for conversation in conversations:
+        conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=2)
+    assert "local" not in conversations[0].backend_state
+    assert all("local" in c.backend_state for c in conversations[1:])
+    again = conversations[0].ask(tiny_smolvlm, "Which side?", max_new_tokens=2)  # encoded again, answered
+    assert again.turn == 2 and conversations[0].backend_state["reused_tokens"] == 0

@@ -217,6 +217,7 @@ class GlueVLM:
         current = self.active_conversation(title)
         if current is not None:
             current.closed = True
+            current.backend_state.clear()  # a closed conversation needs no attention cache
             self.save_conversations()
 
     def converse(self, question: str, subset=None, *, data=None, view=None, attribute=None,

@@ -13,7 +13,10 @@ A remote server gets every earlier turn in the ``messages`` list of an OpenAI ch
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
+import weakref
 
 from ..errors import AstroVLMError
 from ..results import Result
@@ -22,6 +25,24 @@ from .base import text_result
 __all__ = ["local_turn", "remote_turn", "context_length"]
 
 log = logging.getLogger("glue_astrovlm")
+
+#: Conversations whose attention cache a local model keeps (the most recently asked); an older one
+#: encodes its image again at its next turn. Caches hold model memory (GPU memory on a GPU).
+MAX_CACHED_CONVERSATIONS = 4
+_cached: "collections.OrderedDict[int, weakref.ref]" = collections.OrderedDict()
+_cached_lock = threading.Lock()
+
+
+def _keep_cache(conversation) -> None:
+    """Count ``conversation`` as the most recent holder of a cache; drop the caches of older ones."""
+    with _cached_lock:
+        _cached.pop(id(conversation), None)
+        _cached[id(conversation)] = weakref.ref(conversation)
+        while len(_cached) > MAX_CACHED_CONVERSATIONS:
+            _, old = _cached.popitem(last=False)
+            old = old()
+            if old is not None:
+                old.backend_state.pop("local", None)
 
 
 def _cache_argument() -> str:
@@ -125,6 +146,7 @@ def local_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result:
             "cache": cache,
             "ids": sequence[: cache.get_seq_length()],
         }
+        _keep_cache(conversation)
     vlm.last_image_tokens = vlm.image_token_count(inputs)
     log.debug(
         "Conversation turn %d: %d prompt tokens, %d from the cache (image %s)",

@@ -647,6 +647,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         current = self._active_conversation(title) if title else None
         if current is not None:
             current.closed = True
+            current.backend_state.clear()  # a closed conversation needs no attention cache
         self._show_conversation(title)
         self._report("The next question starts a new conversation; the earlier one is kept for export.",
                      "info")
