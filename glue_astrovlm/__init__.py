@@ -39,6 +39,8 @@ _EXPORTS = {
     "results_to_regions": "results",
     "write_table": "results",
     "write_regions": "results",
+    "Conversation": "conversations",
+    "write_llava_json": "conversations",
     "VLM": "models",
     "OperationCancelled": "models",
     "load_model": "models",

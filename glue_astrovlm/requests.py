@@ -111,6 +111,9 @@ class Request:
     task : {'classify', 'ask', 'describe'}
     labels, preset, question
         The label set (or preset name) and question of ``classify``; the question of ``ask``.
+    follow_ups : tuple of str
+        Further questions of ``ask``: each cutout gets one conversation (`glue_astrovlm.Conversation`)
+        of ``question`` and these, and every turn is a result.
     max_new_tokens : int
         Answer length of ``ask`` and ``describe``.
     model, adapter : str, optional
@@ -142,6 +145,7 @@ class Request:
     labels: Any = None
     preset: str | None = None
     question: str | None = None
+    follow_ups: tuple = ()
     max_new_tokens: int = 128
     model: str | None = None
     adapter: str | None = None

@@ -227,7 +227,12 @@ def _add_task_parsers(sub) -> None:
 
     ask = sub.add_parser("ask", help="ask a question about each cutout")
     _add_source_options(ask)
-    ask.add_argument("question", help="the question, in quotes")
+    ask.add_argument("question", nargs="*",
+                     help="the question, in quotes; several questions are one conversation about each "
+                          "cutout, every turn a row of the results table")
+    ask.add_argument("--questions", metavar="FILE",
+                     help="a text file of questions, one a line, asked after any given on the command line, "
+                          "as one conversation")
     ask.add_argument("--max-new-tokens", type=positive_int, default=128)
     _add_model_options(ask)
     _add_survey_options(ask)
@@ -245,7 +250,7 @@ def _add_data_options(parser, what: str) -> None:
     parser.add_argument("data", nargs="?",
                         help="a folder with one sub-folder of images (PNG, JPEG, FITS) per class; a table "
                              "(ECSV/CSV/FITS) with file and label (or caption) columns" +
-                             ("; LLaVA conversation JSON; image-caption JSONL" if what == "finetune" else ""))
+                             "; LLaVA conversation JSON; image-caption JSONL")
     group = parser.add_argument_group("FITS image with a catalogue of labelled positions (instead of DATA)")
     group.add_argument("--image", metavar="FITS", help="one FITS image")
     group.add_argument("--catalog", metavar="TABLE", help="table of ra/dec (or x/y) positions with a label column")
@@ -291,6 +296,17 @@ def _add_eval_parser(sub) -> None:
                          help="also evaluate the base model with its adapters disabled")
     compare.add_argument("--compare-model", action="append", metavar="MODEL", default=[],
                          help="another model (Hub id, directory or server URL) side by side; repeatable")
+    freeform = evaluate.add_argument_group("free-form answers (conversation or caption data)")
+    freeform.add_argument("--judge", metavar="MODEL",
+                          help="an LLM judge (Hub id, folder or server URL) that grades each answer against "
+                               "the reference with a rubric: correct, partially correct, wrong")
+    freeform.add_argument("--judge-method", choices=("score", "generate"), default="score",
+                          help="score: rank the three verdicts (never outside the rubric); generate: read "
+                               "the judge's written verdict (default score)")
+    freeform.add_argument("--embedding-model", metavar="MODEL",
+                          help="encoder (Hub id or folder) for the embedding similarity of long answers")
+    freeform.add_argument("--max-new-tokens", type=positive_int, default=128,
+                          help="longest answer (default 128)")
     out = evaluate.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="folder for the report and tables")
     out.add_argument("--format", choices=REPORT_FORMATS, default="md", help="report format (default md)")

@@ -125,6 +125,25 @@ class VLM(abc.ABC):
         max_new_tokens = _checked_max_new_tokens(max_new_tokens)
         return self._generate(as_model_images(images), question, "ask", max_new_tokens, progress, cancel)
 
+    def converse(self, conversation, question: str, *, max_new_tokens: int = 128, adapter=...) -> Result:
+        """Ask ``question`` as the next turn of ``conversation`` (a `glue_astrovlm.Conversation`).
+
+        The earlier turns go with it through the model's chat template; the answer is added to the
+        conversation and returned with its ``turn`` number. ``adapter`` is for local models with adapters.
+
+        Raises
+        ------
+        AstroVLMError
+            If ``question`` is blank, or the conversation would not fit the model's context.
+        """
+        question = _checked_text(question, "question", "type a follow-up question, e.g. "
+                                 "conversation.ask(vlm, 'Which side is brighter?').")
+        max_new_tokens = _checked_max_new_tokens(max_new_tokens)
+        return conversation.add_turn(question, self._converse(conversation, question, max_new_tokens))
+
+    def _converse(self, conversation, question: str, max_new_tokens: int) -> Result:
+        raise AstroVLMError(f"{type(self).__name__} cannot hold a conversation; ask each question alone.")
+
     def describe(self, images, *, prompt: str = DESCRIBE_PROMPT, max_new_tokens: int = 128,
                  progress: ProgressCallback | None = None, cancel=None) -> list[Result]:
         """Caption each image. Returns results with ``task='describe'``.
