@@ -7,7 +7,9 @@ Run is clicked and stops when the answer has been written back on the GUI thread
 
 - ``at-once``: Run is clicked as soon as the panel opens (the import of torch is still under way);
 - ``after-choosing``: the user spends ``--choose`` seconds choosing labels first, while the panel's
-  warm-up imports torch and transformers on the worker thread.
+  warm-up imports torch and transformers on the worker thread;
+- ``returning``: as ``after-choosing``, by a user who loaded this model in an earlier session: the
+  panel offers it, and loads it (and runs one blank picture through it) while the user chooses.
 
 The answer's time is split into import (waiting for torch/transformers), model load, the first
 forward pass (warm-up of the kernels, included in classify) and write-back. A 10 ms ``QTimer``
@@ -35,9 +37,13 @@ sys.path.insert(0, str(HERE))
 DEFAULT_FITS = HERE.parent.parent / "shared" / "data" / "fits" / "HorseHead.fits"
 
 
-def _scenario(model_dir: str, fits: str, choose: float) -> dict:
+def _scenario(model_dir: str, fits: str, choose: float, returning: bool) -> dict:
     """One user's first answer, in this (fresh) process."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if returning:  # the model loaded in an earlier glue session: the panel offers it, and loads it ahead
+        from glue_astrovlm.session import remember_model
+
+        remember_model(model_dir)
     started = time.perf_counter()
     from glue.core import DataCollection
     from glue.core.data_factories import load_data
@@ -85,20 +91,21 @@ def _scenario(model_dir: str, fits: str, choose: float) -> dict:
     result = panel.vlm.results[-1]
     gaps = [b - a for a, b in zip(ticks, ticks[1:]) if a >= opened]
     warm = getattr(panel, "warm_up", None)
-    imports_done = marks.get("imports_done")
+    warm_done = marks.get("warm_up_done", answered)
+    split = {
+        "waiting_for_warm_up": max(0.0, min(warm_done, answered) - clicked),
+        "model_load": marks["load_end"] - marks["load_start"] if marks.get("load_start", 0) >= clicked else 0.0,
+        "classify_incl_first_forward": marks["classify_end"] - marks["classify_start"],
+    }
+    split["cutout_and_write_back"] = (answered - clicked) - sum(split.values())
     return {
         "choose_seconds": choose,
+        "returning_user": returning,
         "glue_and_data_seconds": glue_ready,
         "click_to_answer_seconds": answered - clicked,
-        "split_after_click": {
-            "waiting_for_imports": max(0.0, (imports_done or clicked) - clicked),
-            "model_load": marks["load_end"] - marks["load_start"],
-            "classify_incl_first_forward": marks["classify_end"] - marks["classify_start"],
-            "cutout_and_write_back": (answered - clicked) - (marks["load_end"] - marks["load_start"])
-            - (marks["classify_end"] - marks["classify_start"])
-            - max(0.0, (imports_done or clicked) - clicked),
-        },
-        "warm_up_imports_seconds_after_panel_opened": (imports_done - opened) if imports_done else None,
+        "split_after_click": split,
+        # imports, and for a returning user the model's load and one blank picture
+        "warm_up_seconds_after_panel_opened": warm_done - opened if "warm_up_done" in marks else None,
         "warm_up_finished": bool(warm and warm.done()),
         "event_loop": {
             "worst_stall_seconds": max(gaps) if gaps else None,
@@ -140,10 +147,10 @@ def _instrument(panel) -> dict:
 
     session.vlm, session._call = timed_vlm, timed_call
 
-    def imports_finished(_future):
-        marks["imports_done"] = time.perf_counter()
+    def warm_up_finished(_future):
+        marks["warm_up_done"] = time.perf_counter()
 
-    panel.warm_up.add_done_callback(imports_finished)
+    panel.warm_up.add_done_callback(warm_up_finished)
     return marks
 
 
@@ -154,10 +161,11 @@ def main(argv=None) -> int:
     parser.add_argument("--choose", type=float, default=10.0, help="seconds spent choosing before Run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_scenario(args.child[0], args.child[1], float(args.child[2]))))
+        model, fits, choose, returning = args.child
+        print(json.dumps(_scenario(model, fits, float(choose), returning == "returning")))
         return 0
 
     from bench_classify import ensure_model, machine_info
@@ -165,12 +173,13 @@ def main(argv=None) -> int:
     ensure_model(args.model_dir)
     report = {"machine": machine_info(), "scenarios": []}
     for _ in range(args.repeats):
-        for name, choose in (("at-once", 0.0), ("after-choosing", args.choose)):
+        for name, choose in (("at-once", 0.0), ("after-choosing", args.choose),
+                             ("returning", args.choose)):
             # a new user: no remembered model, no cached CPU-precision choice
             env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "TRANSFORMERS_VERBOSITY": "error",
                    "ASTROVLM_CONFIG_DIR": tempfile.mkdtemp(prefix="astrovlm-first-answer-")}
             child = subprocess.run([sys.executable, __file__, "--child", str(args.model_dir), str(args.fits),
-                                    str(choose)], capture_output=True, text=True, env=env, timeout=900)
+                                    str(choose), name], capture_output=True, text=True, env=env, timeout=900)
             if child.returncode:
                 print(child.stderr[-3000:], file=sys.stderr)
                 return 1

@@ -1,13 +1,21 @@
 """Shared fixtures: the real data in ../shared and tiny real transformers models built from real configs."""
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+# Nor the user's Hugging Face cache: set before huggingface_hub is imported, which reads it once. A
+# panel that opens loads a model that is in the cache ahead of time; in a test that is never a real one.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="astrovlm-test-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 SHARED = Path(os.environ.get("ASTROVLM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 

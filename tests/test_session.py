@@ -79,3 +79,35 @@ def test_tests_never_touch_the_users_configuration(isolated_config):
 
     assert Path(_config_file()).is_relative_to(isolated_config)
     assert not Path(_config_file()).is_relative_to(Path.home() / ".config")
+
+
+def test_warm_up_loads_a_model_on_this_machine_ahead_of_the_first_task(tiny_smolvlm_dir, image, config_dir,
+                                                                       monkeypatch):
+    from glue_astrovlm.models import loading
+
+    session = VLMSession(str(tiny_smolvlm_dir), dtype="float32", remember=False)
+    session.warm_up(preload=True).result(timeout=300)
+    assert session.is_loaded
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the first task loaded the model again"))
+    result, = session.run(Request(image=image, send="position", position=(48, 48), size=32, labels=["jet", "blob"]))
+    assert result.label in ("jet", "blob") and session.history == [result]  # the warm-up pass left no result
+
+
+def test_warm_up_never_downloads_nor_fails_for_a_model_that_is_not_here(config_dir, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from glue_astrovlm.models import loading
+
+    assert str(huggingface_hub.constants.HF_HUB_CACHE).startswith(str(__import__("os").environ["HF_HOME"]))
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: pytest.fail("the warm-up went to the network"))
+    for spec in ("nobody/not-a-model-here", str(tmp_path / "no-such-folder"), "http://127.0.0.1:9/v1"):
+        session = VLMSession(spec, remember=False)
+        assert session.warm_up(preload=True).result(timeout=300) is None and not session.is_loaded
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    session = VLMSession(str(broken), remember=False)
+    session.warm_up(preload=True).result(timeout=300)  # the failure waits for the user's own run
+    assert not session.is_loaded
+    with pytest.raises(AstroVLMError):
+        session.run(Request(image=np.ones((32, 32)), send="position", position=(16, 16), size=16, labels=["a", "b"]))

@@ -11,7 +11,7 @@ from ..errors import AstroVLMError
 from ..records import adapter_base_model, read_finetune_record, unresolved_base_message
 from .base import VLM
 
-__all__ = ["load_model", "DEFAULT_MODEL"]
+__all__ = ["load_model", "DEFAULT_MODEL", "available_offline"]
 
 log = logging.getLogger("glue_astrovlm")
 
@@ -126,6 +126,22 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str | None = No
         if hint is not None and not Path(spec).expanduser().is_dir():  # a relative base path, not found here
             raise AstroVLMError(f"{hint} ({error})") from None
         raise
+
+
+def available_offline(spec) -> bool:
+    """Whether ``spec`` loads without the network: a model folder, or a Hub id whose files are in the
+    local Hugging Face cache. A server URL is not a model to load here."""
+    if spec is None or "://" in str(spec):
+        return False
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return (path / "config.json").is_file()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(str(spec), "config.json"), str)
+    except Exception:  # noqa: BLE001 - not a valid Hub id either: not available
+        return False
 
 
 def _adapter_paths(adapter) -> list:

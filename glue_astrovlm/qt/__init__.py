@@ -58,7 +58,9 @@ def open_panel(application):
         _PANELS[id(application)] = panel
         _inject_into_terminal(application, vlm)
         application.destroyed.connect(lambda *_: _PANELS.pop(id(application), None))
-        panel.warm_up = vlm.session.warm_up()  # the one unavoidable stall (importing torch) happens now
+        # the one unavoidable stall (importing torch) happens now, and a model already on this machine
+        # loads while the user is still choosing
+        panel.warm_up = vlm.session.warm_up(preload=True)
     panel.dock.show()
     panel.dock.raise_()
     panel.refresh()

@@ -374,3 +374,25 @@ def test_choosing_a_model_offline(qtbot, glue_app, fits_dir, tiny_smolvlm_dir, t
         assert open_panel(other).model_combo.currentText() == str(tiny_smolvlm_dir)
     finally:
         other.close()
+
+
+def test_a_model_used_before_loads_while_the_user_is_still_choosing(qtbot, glue_app, fits_dir, tiny_smolvlm_dir,
+                                                                     monkeypatch):
+    from glue_astrovlm.models import loading
+    from glue_astrovlm.session import remember_model
+
+    remember_model(str(tiny_smolvlm_dir))
+    image = _load(glue_app, fits_dir / "HorseHead.fits")
+    group = _box(glue_app, image)
+    panel = open_panel(glue_app)
+    assert panel.model_combo.currentText() == str(tiny_smolvlm_dir)
+    panel.warm_up.result(timeout=300)
+    assert panel.vlm.session.is_loaded
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("Run loaded the model again"))
+    panel.preset_combo.setCurrentText("Custom labels")
+    panel.labels_edit.setText("star, nebula")
+    panel.select_subset(group)
+    panel.set_task("classify")
+    panel.run()
+    _wait(qtbot, panel)
+    assert group.label.startswith("my box [AstroVLM: "), panel.message.text()
