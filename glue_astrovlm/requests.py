@@ -110,7 +110,8 @@ class Request:
         pixels as they are for a rendered picture (`glue_astrovlm.stretch.stretch_for`).
     task : {'classify', 'ask', 'describe'}
     labels, preset, question
-        The label set (or preset name) and question of ``classify``; the question of ``ask``.
+        The label set (or preset name) and question of ``classify``; the question of ``ask``; the
+        instruction of ``describe`` (default: its built-in caption request).
     max_new_tokens : int
         Answer length of ``ask`` and ``describe``.
     model, adapter : str, optional

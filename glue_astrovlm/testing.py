@@ -169,7 +169,7 @@ def _shrink(config) -> None:
 
 
 def build_family(name: str, out_dir: str | os.PathLike, *, tiny: bool = True, seed: int = 0,
-                 config_dir: str | os.PathLike | None = None) -> Path:
+                 config_dir: str | os.PathLike | None = None, dtype=None) -> Path:
     """Save a model of family ``name`` with random weights and its real processor files.
 
     Parameters
@@ -186,6 +186,8 @@ def build_family(name: str, out_dir: str | os.PathLike, *, tiny: bool = True, se
         Seed for the random initialisation.
     config_dir : path-like, optional
         The real configuration folder; defaults to the family's folder in `SHARED_MODELS`.
+    dtype : torch.dtype, optional
+        Precision of the saved weights (default float32; bfloat16 halves a full-size model's files).
 
     Returns
     -------
@@ -205,7 +207,7 @@ def build_family(name: str, out_dir: str | os.PathLike, *, tiny: bool = True, se
     if tiny:
         _shrink(config)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_config(config, dtype=dtype or torch.float32).eval()
     model.save_pretrained(out_dir, safe_serialization=True)
     _copy_processor_files(config_dir, out_dir)
     (out_dir / "astrovlm_built.json").write_text(json.dumps({"random_weights": True, "seed": seed,

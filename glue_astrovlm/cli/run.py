@@ -121,6 +121,11 @@ def request_from_args(args, labels=None):
     image = image_from_args(args)
     if args.command == "classify":
         task = dict(task="classify", labels=labels, question=args.question if labels is None else None)
+    elif args.command == "describe" and getattr(args, "preset", None):
+        from ..labelsets import load_describe_preset
+
+        task = dict(task="describe", question=load_describe_preset(args.preset).prompt,
+                    max_new_tokens=args.max_new_tokens)
     else:
         task = dict(task=args.command, question=getattr(args, "question", None), max_new_tokens=args.max_new_tokens)
     size = args.size if args.size is not None else (None if args.regions else DEFAULT_SIZE)
