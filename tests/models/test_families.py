@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from astropy.table import Table
+
 from glue_astrovlm import AstroVLMError, load_model, load_preset
+from glue_astrovlm.cli import main
 from glue_astrovlm.datasets import load_dataset
 from glue_astrovlm.evaluation import evaluate
 from glue_astrovlm.models.base import as_model_images
@@ -23,6 +26,7 @@ from glue_astrovlm.testing import FAMILY_CONFIGS, SHARED_MODELS, build_family
 from glue_astrovlm.training import FinetuneConfig, finetune
 
 LABELS = load_preset("radio-morphology")
+MIRABEST = "first_mirabest/200_151.463+024.320_0.1843_0013.65.fits"
 
 #: Image tokens of a 256 x 256 px cutout with the family's budget (tiling='single'), and with the
 #: processor's own tiling where that differs.
@@ -148,7 +152,7 @@ def test_family_is_picked_from_config_not_name(family_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_family_asks_finetunes_round_trips_and_evaluates(family_dir, name, first_subset, tmp_path):
+def test_family_asks_finetunes_round_trips_and_evaluates(family_dir, name, first_subset, fits_dir, tmp_path):
     """ask, a 2-step LoRA, the adapter loaded back (as the glue panel, jdaviz and the CLI load it), eval."""
     folder = family_dir(name)
     base = load_model(folder, dtype="float32")
@@ -176,3 +180,10 @@ def test_family_asks_finetunes_round_trips_and_evaluates(family_dir, name, first
     report = evaluate(tuned, data, LABELS)
     assert len(report.systems[0].results) == len(data)
     assert 0.0 <= report.systems[0].metrics.accuracy <= 1.0
+
+    # the CLI (like the glue panel and the jdaviz plugin, through load_model) finds the base from the adapter
+    status = main(["classify", str(fits_dir / MIRABEST), "--pixel", "150", "150", "--size", "64", "--adapter",
+                   str(out), "--dtype", "float32", "--out", str(tmp_path / "cli")])
+    assert status == 0
+    row = Table.read(tmp_path / "cli.ecsv")[0]
+    assert row["adapter"] == "lora" and row["image_tokens"] > 0 and row["label"] in LABELS.labels
