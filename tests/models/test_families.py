@@ -130,6 +130,16 @@ def test_mrope_positions_matter(family_dir, images):
         type(owner).get_rope_index = original
     assert np.abs(right - wrong).max() > 1e-3
 
+    # a batch of two prefixes in one tree pass: each row continues from its own M-RoPE offset
+    from glue_astrovlm.models.scoring import score_labels_cached
+
+    pair = [images[0], np.rot90(images[0]).copy()]
+    inputs = vlm._encode(as_model_images(pair), vlm.prompt_text(LABELS.prompt()))
+    assert inputs["input_ids"].shape[0] == 2
+    batched = score_labels_cached(vlm.model, inputs, vlm.label_continuations(LABELS), 0).numpy()
+    for row, image in enumerate(pair):
+        np.testing.assert_allclose(batched[row], _scores(vlm, image), atol=1e-4)
+
 
 def test_unknown_family_names_the_known_ones(tmp_path):
     """A model of a type the project does not know (here a text-only Llama) fails before weights load."""
