@@ -161,9 +161,9 @@ def score_labels_bruteforce(model, prefix_inputs: dict, continuations: Sequence[
                 full["input_ids"] = torch.cat([single["input_ids"], cont_ids], dim=1)
                 if "attention_mask" in single:
                     full["attention_mask"] = torch.ones_like(full["input_ids"])
-                logits = model(**full, use_cache=False).logits[0]
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                positions = torch.arange(prefix_len - 1, prefix_len - 1 + len(cont), device=ids.device)
-                row.append(logp[positions, cont_ids[0]].sum())
+                # only the logits that predict the label's tokens (the last len(cont) + 1 positions)
+                logits = model(**full, use_cache=False, logits_to_keep=len(cont) + 1).logits[0]
+                logp = torch.log_softmax(logits[: len(cont)].float(), dim=-1)
+                row.append(logp[torch.arange(len(cont), device=ids.device), cont_ids[0]].sum())
             rows.append(torch.stack(row))
     return torch.stack(rows)

@@ -197,3 +197,16 @@ def test_family_asks_finetunes_round_trips_and_evaluates(family_dir, name, first
     assert status == 0
     row = Table.read(tmp_path / "cli.ecsv")[0]
     assert row["adapter"] == "lora" and row["image_tokens"] > 0 and row["label"] in LABELS.labels
+
+
+def test_astrollava_two_stage_recipe_on_llava_15(family_dir, first_subset, tmp_path):
+    """AstroLLaVA's recipe on its base family: the projector first, then LoRA, saved as one adapter."""
+    folder = family_dir("LLaVA-1.5")
+    data = load_dataset(first_subset("train", 1))
+    config = FinetuneConfig(method="two-stage", max_steps=2, batch_size=2, learning_rate=5e-2, warmup_ratio=0.0,
+                            stage1_epochs=1, logging_steps=1, lora_r=4)
+    finetune(folder, data, tmp_path / "astro", label_set=LABELS, config=config, show_progress=False)
+    weights = load_file(tmp_path / "astro" / "adapter_model.safetensors")
+    assert any("multi_modal_projector" in key for key in weights) and any("lora_" in key for key in weights)
+    vlm = load_model(folder, dtype="float32", adapter=tmp_path / "astro")
+    assert vlm.classify(data[0].cutout(), LABELS)[0].adapter == "astro"
