@@ -14,6 +14,7 @@ build that does not load with the CPU torch. Cutouts need no video processor.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 
@@ -147,12 +148,19 @@ def _chat_template(source: str, tokenizer, local_only: bool) -> str | None:
 
 def _image_only(processor_class):
     """``processor_class`` with no video processor among its parts (transformers reads the parts from the
-    signature of ``__init__``); its own ``__init__`` runs with ``video_processor=None``."""
+    signature of ``__init__``); its own ``__init__`` runs with ``video_processor=None``. It keeps the
+    class's name, which ``save_pretrained`` writes as ``processor_class``, so that a saved copy (a full
+    fine-tune) names the real class."""
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         processor_class.__init__(self, image_processor, tokenizer, None, **kwargs)
 
-    return type(f"{processor_class.__name__}ForImages", (processor_class,), {"__init__": __init__})
+    # the class's own settings (num_image_tokens, ...) stay in the signature: save_pretrained reads them there
+    signature = inspect.signature(processor_class.__init__)
+    __init__.__signature__ = signature.replace(
+        parameters=[p for name, p in signature.parameters.items() if name != "video_processor"])
+    return type(processor_class.__name__, (processor_class,), {"__init__": __init__,
+                                                                "__module__": processor_class.__module__})
 
 
 def build_processor(family: Family, source: str, *, trust_remote_code: bool = False, local_only: bool = True):
@@ -177,5 +185,10 @@ def build_processor(family: Family, source: str, *, trust_remote_code: bool = Fa
     if processor_class is None:
         raise ValueError(f"no processor class is named in processor_config.json or preprocessor_config.json "
                          f"(found {name!r})")
+    # processor_config.json holds the processor's own settings and, as transformers 5 saves it, each
+    # part's settings too (``image_processor``, ...), which were read above
+    accepted = inspect.signature(processor_class.__init__).parameters
+    parts = {"image_processor", "tokenizer", "video_processor", "chat_template"}
+    settings = {key: value for key, value in settings.items() if key in accepted and key not in parts}
     return _image_only(processor_class)(image_processor=image_processor, tokenizer=tokenizer,
                                         chat_template=_chat_template(source, tokenizer, local_only), **settings)

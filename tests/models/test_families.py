@@ -210,3 +210,18 @@ def test_astrollava_two_stage_recipe_on_llava_15(family_dir, first_subset, tmp_p
     assert any("multi_modal_projector" in key for key in weights) and any("lora_" in key for key in weights)
     vlm = load_model(folder, dtype="float32", adapter=tmp_path / "astro")
     assert vlm.classify(data[0].cutout(), LABELS)[0].adapter == "astro"
+
+
+@pytest.mark.parametrize("name", ["LLaVA-OneVision", "Qwen2.5-VL"])
+def test_full_finetune_of_a_family_built_from_parts_loads_back(family_dir, name, first_subset, tmp_path):
+    """A saved processor built without a video processor names the real class and loads again, as does
+    the one-tile grid the model was trained with."""
+    data = load_dataset(first_subset("train", 1))
+    config = FinetuneConfig(method="projector", max_steps=1, batch_size=2, learning_rate=1e-2, warmup_ratio=0.0,
+                            logging_steps=1)
+    finetune(family_dir(name), data, tmp_path / "full", label_set=LABELS, config=config, show_progress=False)
+    saved = json.loads((tmp_path / "full" / "processor_config.json").read_text())
+    assert "ForImages" not in saved.get("processor_class", "") and "video_processor" not in saved
+    tuned = load_model(tmp_path / "full", dtype="float32")
+    assert tuned.family.name == name
+    assert tuned.classify([_image(256)], LABELS)[0].image_tokens == TOKENS_256[name][0]
