@@ -16,7 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["SHARED_SMOLVLM_CONFIG", "SHARED_MODELS", "FAMILY_CONFIGS", "build_smolvlm", "build_llava", "build_family"]
+__all__ = ["SHARED_SMOLVLM_CONFIG", "SHARED_MODELS", "FAMILY_CONFIGS", "build_smolvlm", "build_llava",
+           "build_family"]
 
 #: Where the real SmolVLM-256M-Instruct configuration (no weights) lives in a development checkout.
 SHARED_SMOLVLM_CONFIG = Path(
@@ -143,9 +144,10 @@ def build_llava(out_dir: str | os.PathLike, *, seed: int = 0,
 #: Shrunk vision towers per ``vision_config.model_type``: few layers, narrow, but the real image
 #: size and patch size, so that a cutout costs the real number of image tokens.
 _TINY_VISION_TOWERS = {
-    "clip_vision_model": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              projection_dim=32),
-    "siglip_vision_model": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+    "clip_vision_model": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, projection_dim=32),
+    "siglip_vision_model": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2),
     "qwen2_5_vl_vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                               fullatt_block_indexes=[1]),
 }

@@ -67,31 +67,53 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("SmolVLM", ("idefics3", "smolvlm", "idefics2"), "HuggingFaceTB/SmolVLM-256M-Instruct",
-           single_tile={"do_image_splitting": False},
-           budget="one 512-px tile: 64 image tokens (the default splits a 256-px cutout, upscaled, into 16 "
-                  "tiles and a global view: about 1,150)",
-           licence="Apache-2.0"),
-    Family("LLaVA-1.5", ("llava",), "llava-hf/llava-1.5-7b-hf",
-           budget="fixed: one 336-px view, 576 image tokens (24 x 24 CLIP patches)",
-           licence="Llama 2 Community Licence (Vicuna base)"),
-    Family("LLaVA-NeXT", ("llava_next",), "llava-hf/llava-v1.6-mistral-7b-hf",
-           tile_grid=((336, 336),),
-           budget="base view plus one 336-px tile: at most 1,176 image tokens (576 + 576 + 24 row ends), "
-                  "fewer for elongated cutouts; the default grid tiles a large cutout up to 672 x 672 px "
-                  "(2,928 tokens)",
-           licence="Apache-2.0 (Mistral-7B-Instruct-v0.2 base)"),
-    Family("LLaVA-OneVision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-           processor_from_parts=True, tile_grid=((384, 384),),
-           budget="base view plus one 384-px tile: at most 1,485 image tokens (729 + 729 + 27 row ends), "
-                  "fewer for elongated cutouts; the default anyres_max_9 grid tiles a large cutout into up "
-                  "to 36 tiles (about 7,300 tokens after pooling)",
-           licence="Apache-2.0 (Qwen2 base)"),
-    Family("Qwen2.5-VL", ("qwen2_5_vl", "qwen2_vl"), "Qwen/Qwen2.5-VL-3B-Instruct",
-           processor_from_parts=True, single_tile={"size": {"longest_edge": 448 * 448, "shortest_edge": 224 * 224}},  # pixels
-           budget="native resolution, capped at 448 x 448 px: one token per 28 x 28 px, so a 256-px cutout "
-                  "costs 81 tokens and a large one at most 256 (the default cap is 12.8 Mpx: 16,384 tokens)",
-           licence="Qwen Research Licence for the 3B (non-commercial); Apache-2.0 for 7B and Qwen2-VL-2B"),
+    Family(
+        "SmolVLM",
+        ("idefics3", "smolvlm", "idefics2"),
+        "HuggingFaceTB/SmolVLM-256M-Instruct",
+        single_tile={"do_image_splitting": False},
+        budget="one 512-px tile: 64 image tokens (the default splits a 256-px cutout, upscaled, into 16 "
+        "tiles and a global view: about 1,100)",
+        licence="Apache-2.0",
+    ),
+    Family(
+        "LLaVA-1.5",
+        ("llava",),
+        "llava-hf/llava-1.5-7b-hf",
+        budget="fixed: one 336-px view, 576 image tokens (24 x 24 CLIP patches)",
+        licence="Llama 2 Community Licence (Vicuna base)",
+    ),
+    Family(
+        "LLaVA-NeXT",
+        ("llava_next",),
+        "llava-hf/llava-v1.6-mistral-7b-hf",
+        tile_grid=((336, 336),),
+        budget="base view plus one 336-px tile: at most 1,176 image tokens (576 + 576 + 24 row ends), "
+        "fewer for elongated cutouts; the default grid tiles a large cutout up to 672 x 672 px "
+        "(2,928 tokens)",
+        licence="Apache-2.0 (Mistral-7B-Instruct-v0.2 base)",
+    ),
+    Family(
+        "LLaVA-OneVision",
+        ("llava_onevision",),
+        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        processor_from_parts=True,
+        tile_grid=((384, 384),),
+        budget="base view plus one 384-px tile: at most 1,485 image tokens (729 + 729 + 27 row ends), "
+        "fewer for elongated cutouts; the default anyres_max_9 grid tiles a large cutout into up "
+        "to 36 tiles (about 7,300 tokens after pooling)",
+        licence="Apache-2.0 (Qwen2 base)",
+    ),
+    Family(
+        "Qwen2.5-VL",
+        ("qwen2_5_vl", "qwen2_vl"),
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        processor_from_parts=True,
+        single_tile={"size": {"longest_edge": 448 * 448, "shortest_edge": 224 * 224}},  # pixels
+        budget="native resolution, capped at 448 x 448 px: one token per 28 x 28 px, so a 256-px cutout "
+        "costs 81 tokens and a large one at most 256 (the default cap is 12.8 Mpx: 16,384 tokens)",
+        licence="Qwen Research Licence for the 3B (non-commercial); Apache-2.0 for 7B and Qwen2-VL-2B",
+    ),
 )
 
 
@@ -116,15 +138,22 @@ def family_for(config, where: str = "this model") -> Family:
         if model_type in family.model_types:
             return family
     known = "; ".join(f"{f.name} ({', '.join(f.model_types)}), e.g. {f.example}" for f in FAMILIES)
-    raise AstroVLMError(f"{where} is a {model_type or 'model without a model_type'!r} model, which glue-astrovlm "
-                        f"does not support yet. It loads these families (config.json model_type): {known}.")
+    raise AstroVLMError(
+        f"{where} is a {model_type or 'model without a model_type'!r} model, which glue-astrovlm "
+        f"does not support yet. It loads these families (config.json model_type): {known}."
+    )
 
 
 def _optional_json(source: str, name: str, local_only: bool) -> dict | None:
     from transformers.utils import cached_file
 
-    path = cached_file(source, name, local_files_only=local_only, _raise_exceptions_for_missing_entries=False,
-                       _raise_exceptions_for_connection_errors=False)
+    path = cached_file(
+        source,
+        name,
+        local_files_only=local_only,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
     if path is None:
         return None
     with open(path, encoding="utf-8") as handle:
@@ -135,8 +164,13 @@ def _chat_template(source: str, tokenizer, local_only: bool) -> str | None:
     """The chat template: ``chat_template.jinja``, else ``chat_template.json``, else the tokenizer's."""
     from transformers.utils import cached_file
 
-    path = cached_file(source, "chat_template.jinja", local_files_only=local_only,
-                       _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    path = cached_file(
+        source,
+        "chat_template.jinja",
+        local_files_only=local_only,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
     if path is not None:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
@@ -158,9 +192,13 @@ def _image_only(processor_class):
     # the class's own settings (num_image_tokens, ...) stay in the signature: save_pretrained reads them there
     signature = inspect.signature(processor_class.__init__)
     __init__.__signature__ = signature.replace(
-        parameters=[p for name, p in signature.parameters.items() if name != "video_processor"])
-    return type(processor_class.__name__, (processor_class,), {"__init__": __init__,
-                                                                "__module__": processor_class.__module__})
+        parameters=[p for name, p in signature.parameters.items() if name != "video_processor"]
+    )
+    return type(
+        processor_class.__name__,
+        (processor_class,),
+        {"__init__": __init__, "__module__": processor_class.__module__},
+    )
 
 
 def build_processor(family: Family, source: str, *, trust_remote_code: bool = False, local_only: bool = True):
@@ -179,16 +217,23 @@ def build_processor(family: Family, source: str, *, trust_remote_code: bool = Fa
     image_processor = AutoImageProcessor.from_pretrained(source, **options)
     tokenizer = AutoTokenizer.from_pretrained(source, **options)
     settings = dict(_optional_json(source, "processor_config.json", local_only) or {})
-    name = (settings.pop("processor_class", None)
-            or (_optional_json(source, "preprocessor_config.json", local_only) or {}).get("processor_class"))
+    name = settings.pop("processor_class", None) or (
+        _optional_json(source, "preprocessor_config.json", local_only) or {}
+    ).get("processor_class")
     processor_class = getattr(transformers, name or "", None)
     if processor_class is None:
-        raise ValueError(f"no processor class is named in processor_config.json or preprocessor_config.json "
-                         f"(found {name!r})")
+        raise ValueError(
+            f"no processor class is named in processor_config.json or preprocessor_config.json "
+            f"(found {name!r})"
+        )
     # processor_config.json holds the processor's own settings and, as transformers 5 saves it, each
     # part's settings too (``image_processor``, ...), which were read above
     accepted = inspect.signature(processor_class.__init__).parameters
     parts = {"image_processor", "tokenizer", "video_processor", "chat_template"}
     settings = {key: value for key, value in settings.items() if key in accepted and key not in parts}
-    return _image_only(processor_class)(image_processor=image_processor, tokenizer=tokenizer,
-                                        chat_template=_chat_template(source, tokenizer, local_only), **settings)
+    return _image_only(processor_class)(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=_chat_template(source, tokenizer, local_only),
+        **settings,
+    )

@@ -44,7 +44,8 @@ def processor_kwargs_for(model_type: str, tiling: str = "single", overrides: dic
     single = next((f.single_tile for f in FAMILIES if model_type in f.model_types), {})
     kwargs = dict(single) if tiling == "single" else {}
     if tiling == "single" and model_type in _RESIZE_TO_TILE:
-        tile = (getattr(getattr(processor, "image_processor", None), "max_image_size", None) or {}).get("longest_edge")
+        image_processor = getattr(processor, "image_processor", None)
+        tile = (getattr(image_processor, "max_image_size", None) or {}).get("longest_edge")
         if tile:
             kwargs["size"] = {"longest_edge": int(tile)}
     kwargs.update(overrides or {})

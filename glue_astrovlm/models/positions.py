@@ -31,8 +31,11 @@ def rope_index_owner(model):
 def _prefix_offsets(owner, prefix_inputs: dict):
     """``(B, 1)`` offsets of text positions after each prefix (M-RoPE ``rope_deltas``)."""
     accepted = inspect.signature(owner.get_rope_index).parameters
-    kwargs = {key: value for key, value in prefix_inputs.items()
-              if key in accepted and key != "input_ids" and value is not None}
+    kwargs = {
+        key: value
+        for key, value in prefix_inputs.items()
+        if key in accepted and key != "input_ids" and value is not None
+    }
     _, deltas = owner.get_rope_index(prefix_inputs["input_ids"], **kwargs)
     return deltas.reshape(-1, 1)
 

@@ -1,4 +1,5 @@
-"""Every model family passes one contract: load, exact scoring, ask, LoRA fine-tuning, adapter round trip, eval.
+"""Every model family passes one contract: load, exact scoring, ask, LoRA fine-tuning, adapter round trip and
+eval.
 
 Each family is built small from its real configuration in ``../shared/models`` (the real tokenizer,
 image processor and chat template; 2 narrow text layers, a small vision tower, random weights), saved
@@ -30,8 +31,13 @@ MIRABEST = "first_mirabest/200_151.463+024.320_0.1843_0013.65.fits"
 
 #: Image tokens of a 256 x 256 px cutout with the family's budget (tiling='single'), and with the
 #: processor's own tiling where that differs.
-TOKENS_256 = {"SmolVLM": (64, 1105), "LLaVA-1.5": (576, 576), "LLaVA-NeXT": (1176, 1176),
-              "LLaVA-OneVision": (1485, 1485), "Qwen2.5-VL": (81, 81)}
+TOKENS_256 = {
+    "SmolVLM": (64, 1105),
+    "LLaVA-1.5": (576, 576),
+    "LLaVA-NeXT": (1176, 1176),
+    "LLaVA-OneVision": (1485, 1485),
+    "Qwen2.5-VL": (81, 81),
+}
 #: ... and of a 1,000 x 1,000 px cutout, where the budgets of the anyres families cap the tiling.
 TOKENS_1000 = {"LLaVA-NeXT": (1176, 2928), "LLaVA-OneVision": (1485, 7371), "Qwen2.5-VL": (256, 1296)}
 
@@ -107,7 +113,8 @@ def _scores(vlm, image):
 
 
 def test_mrope_positions_matter(family_dir, images):
-    """The exactness check can fail: label tokens at 1-D positions after a Qwen2.5-VL image score otherwise."""
+    """The exactness check can fail: label tokens at 1-D positions after a Qwen2.5-VL image score
+    otherwise."""
     import torch
 
     from glue_astrovlm.models import positions
@@ -145,7 +152,9 @@ def test_unknown_family_names_the_known_ones(tmp_path):
     """A model of a type the project does not know (here a text-only Llama) fails before weights load."""
     from transformers import LlamaConfig
 
-    LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1).save_pretrained(tmp_path)
+    LlamaConfig(
+        hidden_size=16, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1
+    ).save_pretrained(tmp_path)
     with pytest.raises(AstroVLMError, match="'llama' model") as caught:
         load_model(tmp_path)
     for family in FAMILIES:
@@ -171,8 +180,15 @@ def test_family_asks_finetunes_round_trips_and_evaluates(family_dir, name, first
     assert answer.task == "ask" and isinstance(answer.answer, str) and answer.image_tokens > 0
 
     out = tmp_path / "lora"
-    config = FinetuneConfig(method="lora", max_steps=2, batch_size=2, learning_rate=5e-2, warmup_ratio=0.0,
-                            logging_steps=1, lora_r=4)
+    config = FinetuneConfig(
+        method="lora",
+        max_steps=2,
+        batch_size=2,
+        learning_rate=5e-2,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        lora_r=4,
+    )
     finetune(folder, data, out, label_set=LABELS, config=config, show_progress=False)
     weights = load_file(out / "adapter_model.safetensors")
     assert weights and all("lora_" in key for key in weights)
@@ -185,15 +201,32 @@ def test_family_asks_finetunes_round_trips_and_evaluates(family_dir, name, first
     cutouts = [item.cutout() for item in data]
     after = tuned.classify(cutouts, LABELS)
     before = tuned.classify(cutouts, LABELS, adapter=None)
-    assert any(abs(a.probabilities[k] - b.probabilities[k]) > 1e-6 for a, b in zip(after, before) for k in LABELS)
+    assert any(
+        abs(a.probabilities[k] - b.probabilities[k]) > 1e-6 for a, b in zip(after, before) for k in LABELS
+    )
 
     report = evaluate(tuned, data, LABELS)
     assert len(report.systems[0].results) == len(data)
     assert 0.0 <= report.systems[0].metrics.accuracy <= 1.0
 
     # the CLI (like the glue panel and the jdaviz plugin, through load_model) finds the base from the adapter
-    status = main(["classify", str(fits_dir / MIRABEST), "--pixel", "150", "150", "--size", "64", "--adapter",
-                   str(out), "--dtype", "float32", "--out", str(tmp_path / "cli")])
+    status = main(
+        [
+            "classify",
+            str(fits_dir / MIRABEST),
+            "--pixel",
+            "150",
+            "150",
+            "--size",
+            "64",
+            "--adapter",
+            str(out),
+            "--dtype",
+            "float32",
+            "--out",
+            str(tmp_path / "cli"),
+        ]
+    )
     assert status == 0
     row = Table.read(tmp_path / "cli.ecsv")[0]
     assert row["adapter"] == "lora" and row["image_tokens"] > 0 and row["label"] in LABELS.labels
@@ -203,8 +236,16 @@ def test_astrollava_two_stage_recipe_on_llava_15(family_dir, first_subset, tmp_p
     """AstroLLaVA's recipe on its base family: the projector first, then LoRA, saved as one adapter."""
     folder = family_dir("LLaVA-1.5")
     data = load_dataset(first_subset("train", 1))
-    config = FinetuneConfig(method="two-stage", max_steps=2, batch_size=2, learning_rate=5e-2, warmup_ratio=0.0,
-                            stage1_epochs=1, logging_steps=1, lora_r=4)
+    config = FinetuneConfig(
+        method="two-stage",
+        max_steps=2,
+        batch_size=2,
+        learning_rate=5e-2,
+        warmup_ratio=0.0,
+        stage1_epochs=1,
+        logging_steps=1,
+        lora_r=4,
+    )
     finetune(folder, data, tmp_path / "astro", label_set=LABELS, config=config, show_progress=False)
     weights = load_file(tmp_path / "astro" / "adapter_model.safetensors")
     assert any("multi_modal_projector" in key for key in weights) and any("lora_" in key for key in weights)
@@ -217,8 +258,9 @@ def test_full_finetune_of_a_family_built_from_parts_loads_back(family_dir, name,
     """A saved processor built without a video processor names the real class and loads again, as does
     the one-tile grid the model was trained with."""
     data = load_dataset(first_subset("train", 1))
-    config = FinetuneConfig(method="projector", max_steps=1, batch_size=2, learning_rate=1e-2, warmup_ratio=0.0,
-                            logging_steps=1)
+    config = FinetuneConfig(
+        method="projector", max_steps=1, batch_size=2, learning_rate=1e-2, warmup_ratio=0.0, logging_steps=1
+    )
     finetune(family_dir(name), data, tmp_path / "full", label_set=LABELS, config=config, show_progress=False)
     saved = json.loads((tmp_path / "full" / "processor_config.json").read_text())
     assert "ForImages" not in saved.get("processor_class", "") and "video_processor" not in saved
