@@ -39,10 +39,13 @@ _EXPORTS = {
     "results_to_regions": "results",
     "write_table": "results",
     "write_regions": "results",
+    "Conversation": "conversations",
+    "write_llava_json": "conversations",
     "VLM": "models",
     "OperationCancelled": "models",
     "load_model": "models",
     "DEFAULT_MODEL": "models.loading",
+    "tag_catalog": "survey",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -37,11 +37,11 @@ LABEL_COLUMNS = ("label", "class", "labels", "category", "morphology")
 #: Captions of an image-caption table.
 CAPTION_COLUMNS = ("caption", "text", "description")
 #: What `read_table` reads (by astropy's unified I/O).
-TABLE_READ_FORMATS = "ECSV, CSV with a header line, FITS or VOTable"
+TABLE_READ_FORMATS = "ECSV, CSV with a header line, FITS, VOTable or Parquet"
 
 
 def read_table(table, what: str = "catalogue"):
-    """An astropy `~astropy.table.Table` from a table or a file (ECSV, CSV, FITS, VOTable).
+    """An astropy `~astropy.table.Table` from a table or a file (ECSV, CSV, FITS, VOTable, Parquet).
 
     Raises
     ------

@@ -405,7 +405,7 @@ def load_image_table(path: str | os.PathLike, *, image_root: str | os.PathLike |
     Parameters
     ----------
     path : path-like
-        ECSV, CSV (with a header line), FITS or VOTable.
+        ECSV, CSV (with a header line), FITS, VOTable or Parquet.
     image_root : path-like, optional
         Folder that relative file names are read from; by default the table's folder.
     file_col, label_col, caption_col : str, optional

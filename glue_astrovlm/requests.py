@@ -112,6 +112,9 @@ class Request:
     labels, preset, question
         The label set (or preset name) and question of ``classify``; the question of ``ask``; the
         instruction of ``describe`` (default: its built-in caption request).
+    follow_ups : tuple of str
+        Further questions of ``ask``: each cutout gets one conversation (`glue_astrovlm.Conversation`)
+        of ``question`` and these, and every turn is a result.
     max_new_tokens : int
         Answer length of ``ask`` and ``describe``.
     model, adapter : str, optional
@@ -143,6 +146,7 @@ class Request:
     labels: Any = None
     preset: str | None = None
     question: str | None = None
+    follow_ups: tuple = ()
     max_new_tokens: int = 128
     model: str | None = None
     adapter: str | None = None

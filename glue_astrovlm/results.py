@@ -75,6 +75,8 @@ class Result:
         The label set a classification used (and why, when it was suggested for the data).
     time : str
         ISO 8601 UTC time of the result.
+    turn : int or None
+        The 1-based turn of a conversation (`glue_astrovlm.Conversation`); `None` for a lone question.
     """
 
     task: str
@@ -91,6 +93,7 @@ class Result:
     image_tokens: int | None = None
     time: str = field(default_factory=_now)
     label_set: str = ""
+    turn: int | None = None
 
     def __repr__(self) -> str:
         where = f" {self.source_id!r}" if self.source_id else ""
@@ -138,6 +141,8 @@ class Result:
         row.update(answer=self.answer, prompt_hash=self.prompt_hash, model=self.model,
                    adapter=self.adapter or "", stretch=self.stretch,
                    image_tokens=-1 if self.image_tokens is None else int(self.image_tokens), time=self.time)
+        if self.turn is not None:  # conversations only: tables of lone answers keep their columns
+            row.update(turn=int(self.turn), question=self.prompt)
         return row
 
 

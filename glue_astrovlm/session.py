@@ -205,15 +205,58 @@ class VLMSession:
         if request.task == "classify":
             return vlm.classify(cutouts, request.labels, preset=request.preset, question=request.question,
                                 **options)
+        if request.task == "ask" and request.follow_ups:
+            from .conversations import converse_each
+
+            return converse_each(vlm, cutouts, (request.question, *request.follow_ups),
+                                 max_new_tokens=request.max_new_tokens, **options)
         if request.task == "ask":
             return vlm.ask(cutouts, request.question, max_new_tokens=request.max_new_tokens, **options)
         if request.question:  # a describe preset's instruction (e.g. AstroLLaVA's captioning)
             options["prompt"] = request.question
         return vlm.describe(cutouts, max_new_tokens=request.max_new_tokens, **options)
 
+    def converse(self, question: str, *, conversation=None, request=None, max_new_tokens: int | None = None):
+        """The next turn of ``conversation``, or the first of a new one about ``request``'s cutout(s).
+
+        Blocking; the result is recorded in `history`. Returns ``(conversation, result)``.
+
+        Parameters
+        ----------
+        question : str
+        conversation : Conversation, optional
+            The conversation to continue; without it a new one is made (``request`` is then needed).
+        request : Request, optional
+            What the new conversation is about (its cutouts are made here) and, if it names one,
+            the model to switch to.
+        max_new_tokens : int, optional
+            Answer length; by default the request's (128).
+        """
+        from .conversations import Conversation
+
+        self.cancel_event.clear()
+        if request is not None and request.model is not None:
+            self.model = request.model
+        if conversation is None:
+            if request is None:
+                raise AstroVLMError("Give the conversation to continue, or a request for the cutout of a new "
+                                    "one.")
+            cutouts = self.prepare(request).cutouts
+            if not cutouts:
+                raise AstroVLMError("The selection holds no pixels to talk about; choose another region.")
+            conversation = Conversation(cutouts, title=request.source_id)
+        tokens = max_new_tokens or (request.max_new_tokens if request is not None else 128)
+        result = conversation.ask(self.vlm(), question, max_new_tokens=tokens)
+        self.history.append(result)
+        return conversation, result
+
     def submit(self, request, **options) -> Future:
         """`run` on the session's worker thread; the GUI stays responsive. Returns a `Future`."""
         return self._executor.submit(self.run, request, **options)
+
+    def submit_converse(self, question: str, **options) -> Future:
+        """`converse` on the session's worker thread. Returns a `Future` of ``(conversation, result)``."""
+        return self._executor.submit(self.converse, question, **options)
 
     def cancel(self) -> None:
         """Ask the running task to stop after its current batch."""

@@ -177,7 +177,8 @@ def build_family(name: str, out_dir: str | os.PathLike, *, tiny: bool = True, se
     Parameters
     ----------
     name : str
-        A family of `~glue_astrovlm.models.families.FAMILIES` (``'LLaVA-OneVision'``, ``'Qwen2.5-VL'``, ...).
+        A family of `~glue_astrovlm.models.families.FAMILIES` (``'LLaVA-OneVision'``, ``'Qwen2.5-VL'``, ...),
+        or its configuration folder's name in `SHARED_MODELS` (``'llava-onevision-qwen2-0.5b-ov-hf'``).
     out_dir : path-like
         Directory to write ``config.json``, ``model.safetensors`` and the processor files into.
     tiny : bool, optional
@@ -201,7 +202,8 @@ def build_family(name: str, out_dir: str | os.PathLike, *, tiny: bool = True, se
 
     from .models.families import family_named
 
-    family = family_named(name)
+    by_folder = {folder: family for family, folder in FAMILY_CONFIGS.items()}
+    family = family_named(by_folder.get(name, name))
     config_dir = Path(config_dir or SHARED_MODELS / FAMILY_CONFIGS[family.name])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

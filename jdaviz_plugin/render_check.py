@@ -52,6 +52,9 @@ EXPECTED_TEXTS = {
     # Cubeviz: the Tag sources tab after tagging sources detected on a moment map
     "cubeviz": ("Cube", "Spectral range", "Sources", "Threshold (sigma)", "Max sources", "Cutout size (px)",
                 "Write subsets", "Subsets", "Write markers"),
+    # Imviz: the Ask tab after a two-turn conversation about a subset, its last answer corrected
+    "conversation": ("Send", "Spatial subset", "New conversation", "Correct the last answer",
+                     "Export conversations", "Q2"),
 }
 
 #: The browser changes this select to this option; the thumbnail caption, made in Python, must follow.
@@ -107,6 +110,8 @@ def build_imviz():
         plg.send = "Spatial subset"
         plg.subset = "Subset 1"
         plg.classify(["star", "galaxy", "dark nebula"])
+    # columns that fit the tray (the others stay one click away in the table's column menu)
+    plg._obj.table.headers_visible = ["source", "task", "label", "confidence"]
     plg.open_in_tray()
     return viz._app
 
@@ -132,17 +137,48 @@ def build_cubeviz():
     plg.tag_source = "Detected in view"
     plg.nsigma = 3
     plg.max_sources = 6
+    plg.cutout_size = 16  # the map is 105 px across: small boxes leave the emission visible
     model = os.environ.get(MODEL_ENV)
     if model:
         from glue_astrovlm.session import VLMSession
 
         plg.vlm_session = VLMSession(model, dtype="float32")
         plg.tag(["dense core", "outflow", "diffuse"])
+    # columns that fit the tray (the others stay one click away in the table's column menu)
+    plg._obj.table.headers_visible = ["source", "label", "confidence", "subset"]
     plg.open_in_tray()
     return viz._app
 
 
-BUILDERS = {"imviz": build_imviz, "cubeviz": build_cubeviz}
+def build_conversation():
+    """Imviz with HorseHead.fits, a subset on the Horsehead and a conversation about it in the Ask tab."""
+    import warnings
+
+    from regions import CirclePixelRegion, PixCoord
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        viz = _viz("Imviz")
+        viz.load(str(Path(os.environ[FITS_ENV]) / "HorseHead.fits"), format="Image", extension=0)
+    viz.plugins["Subset Tools"].import_region(CirclePixelRegion(PixCoord(480, 420), 70))
+    plg = viz.plugins["AstroVLM"]
+    plg.send = "Spatial subset"
+    plg.subset = "Subset 1"
+    plg._obj.task_tab = 0
+    model = os.environ.get(MODEL_ENV)
+    if model:
+        from glue_astrovlm.session import VLMSession
+
+        plg.vlm_session = VLMSession(model, dtype="float32")
+        plg.ask("Is there a dark nebula in this subset?", max_new_tokens=12)
+        plg.ask("Which side of it is brighter?", max_new_tokens=12)
+        plg.correct_answer("The western side, where the nebula meets the bright rim of IC 434.")
+        plg.question = "Is the rim ionised gas?"
+    plg.open_in_tray()
+    return viz._app
+
+
+BUILDERS = {"imviz": build_imviz, "cubeviz": build_cubeviz, "conversation": build_conversation}
 
 
 @solara.component
@@ -203,7 +239,8 @@ def _tiny_model(folder: Path) -> str | None:
     if not SHARED_SMOLVLM_CONFIG.is_dir():
         print(f"note: no model configuration at {SHARED_SMOLVLM_CONFIG}; rendering without running tasks")
         return None
-    return str(build_smolvlm(folder))
+    build_smolvlm(folder)
+    return folder.name  # the server runs in the folder's parent: the panel shows a clean name
 
 
 def check_page(page, config: str, timeout_ms: int, with_results: bool) -> list[str]:
@@ -220,6 +257,8 @@ def check_page(page, config: str, timeout_ms: int, with_results: bool) -> list[s
         return problems
     text = plugin.text_content().lower()  # the DOM's text: buttons and tabs are upper-cased by CSS only
     expected = EXPECTED_TEXTS["common"] + EXPECTED_TEXTS[config]
+    if config == "conversation":  # the Ask tab is open: no label set
+        expected = tuple(text for text in expected if text != "Label set")
     missing = [label for label in expected if label.lower() not in text]
     if missing:
         problems.append("controls missing from the plugin: " + ", ".join(missing))
@@ -235,6 +274,10 @@ def check_page(page, config: str, timeout_ms: int, with_results: bool) -> list[s
             bars = plugin.locator(".astrovlm-probability").count()
             if bars != 3:
                 problems.append(f"expected 3 probability bars after classifying, found {bars}")
+        elif config == "conversation":
+            turns = plugin.locator(".astrovlm-answer").count()
+            if turns != 2:
+                problems.append(f"expected 2 turns in the Ask tab, found {turns}")
         elif "Tagged" not in message:
             problems.append(f"expected the tagging summary, the plugin says {message.strip()!r}")
         if "error" in (plugin.locator(".astrovlm-message").get_attribute("class") or ""):
@@ -285,6 +328,16 @@ def _close_snackbars(page, rounds: int = 10) -> None:
         page.wait_for_timeout(400)
 
 
+def _screenshot_ask_tab(page, plugin, path: Path) -> None:
+    """The Ask tab alone, from its tab to the plugin's message: the conversation for docs/jdaviz.md."""
+    box = plugin.bounding_box()
+    top = plugin.locator(".v-tab").filter(has_text="Ask").first.bounding_box()
+    bottom = plugin.locator(".astrovlm-message").bounding_box()
+    if box and top and bottom:
+        page.screenshot(path=str(path), clip={"x": box["x"], "y": top["y"] - 8, "width": box["width"],
+                                              "height": bottom["y"] + bottom["height"] - top["y"] + 16})
+
+
 def _serve_offline_modules(page, modules: dict) -> None:
     """Answer requests for the URLs in `modules` (URL -> local file) from the local files."""
     def fulfil(route):
@@ -328,6 +381,8 @@ def render(config: str, chromium: str, env: dict, out: Path, timeout: float, cwd
             plugin = page.locator(".tray-plugin").filter(has_text="What to send")
             if plugin.count() == 1:
                 plugin.screenshot(path=str(out / f"jdaviz_{config}_astrovlm_panel.png"))
+                if config == "conversation":
+                    _screenshot_ask_tab(page, plugin, out / "jdaviz_conversation_ask_tab.png")
                 problems += check_bindings(page, timeout_ms=30_000)
             problems += [f"browser console: {line}" for line in console if "Vue warn" in line
                          or "compiling template" in line or line.startswith("pageerror")]
@@ -387,7 +442,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = _tiny_model(Path(tmp) / "tiny-smolvlm")
+        model = _tiny_model(Path(tmp) / "SmolVLM-256M-tiny-random")
         env = {**os.environ, FITS_ENV: str(args.fits_dir)}
         if model:
             env[MODEL_ENV] = model

@@ -1,6 +1,10 @@
 """Shared fixtures: the real data in ../shared and tiny real transformers models built from real configs."""
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,8 +81,98 @@ def tiny_llava_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A tiny BERT encoder with random weights and a real tokenizer, for the embedding similarity."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from glue_astrovlm.testing import SHARED_SMOLVLM_CONFIG
+
+    if not SHARED_SMOLVLM_CONFIG.is_dir():
+        pytest.skip(f"model configuration {SHARED_SMOLVLM_CONFIG} is not available")
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(SHARED_SMOLVLM_CONFIG)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_smolvlm(tiny_smolvlm_dir):
     """The tiny SmolVLM loaded through load_model in float32, as a user would load a saved model."""
     from glue_astrovlm import load_model
 
     return load_model(tiny_smolvlm_dir, dtype="float32")
+
+
+# ----------------------------------------------------------------------------- a real served model
+SERVER_START_LIMIT = 120.0  # seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served_model_dir(tmp_path_factory):
+    """A tiny SmolVLM (Idefics3) with the real tokenizer, processor and chat template, random weights."""
+    from glue_astrovlm.testing import SHARED_SMOLVLM_CONFIG, build_smolvlm
+
+    if not SHARED_SMOLVLM_CONFIG.is_dir():
+        pytest.skip(f"model configuration {SHARED_SMOLVLM_CONFIG} is not available")
+    return build_smolvlm(tmp_path_factory.mktemp("served-smolvlm"))
+
+
+@pytest.fixture(scope="session")
+def served(served_model_dir, tmp_path_factory):
+    """``transformers serve`` pinned to the tiny SmolVLM on 127.0.0.1; yields its API root URL.
+
+    SmolVLM's processor (Idefics3) cannot encode the control-token-sanitised prompts of /v1/systemone in
+    transformers 5.23, so the server gets a decision config that turns that sanitising off.
+    """
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    folder = tmp_path_factory.mktemp("served")
+    decision_config = folder / "decision.json"
+    decision_config.write_text('{"sanitize_control_tokens": false}\n')
+    (folder / "hf-cache").mkdir()
+    port = free_port()
+    # offline, and an empty cache: the server has nothing to download and nothing else to list
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HUB_CACHE": str(folder / "hf-cache"), "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(served_model_dir),
+               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+               "--decision-config", str(decision_config)]
+    log_path = folder / "serve.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + SERVER_START_LIMIT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"transformers serve exited with {process.returncode}:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not start within {SERVER_START_LIMIT:g} s:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield {"url": f"http://127.0.0.1:{port}/v1", "model": str(served_model_dir), "log": log_path}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -96,18 +96,37 @@ def test_no_import_cycles_even_inside_functions():
     assert _cycles(graph) == []
 
 
+#: The only module that imports Ray (issue 15), and only inside its functions.
+RAY_MODULES = ("glue_astrovlm.survey.ray_engine",)
+
+
+def _absolute_imports(path: Path, top_level_only: bool = False) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    names = []
+    for node in nodes:
+        names += ([a.name for a in node.names] if isinstance(node, ast.Import)
+                  else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+    return names
+
+
 def test_engine_imports_no_gui_stack():
     for name, path in _modules().items():
         if name.startswith(FRONT_ENDS):
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-            for imported in names:
-                assert not imported.split(".")[0] in {"glue", "glue_qt", "glue_jupyter", "jdaviz", "qtpy",
-                                                       "PyQt6", "PySide6", "ipyvuetify", "solara", "ray"}, \
-                    f"{name} imports {imported}"
+        for imported in _absolute_imports(path):
+            assert not imported.split(".")[0] in {"glue", "glue_qt", "glue_jupyter", "jdaviz", "qtpy",
+                                                   "PyQt6", "PySide6", "ipyvuetify", "solara"}, \
+                f"{name} imports {imported}"
+
+
+def test_only_the_ray_engine_imports_ray_and_only_when_run():
+    for name, path in _modules().items():
+        imported = [i for i in _absolute_imports(path) if i.split(".")[0] == "ray"]
+        if name in RAY_MODULES:
+            assert not [i for i in _absolute_imports(path, top_level_only=True) if i.split(".")[0] == "ray"]
+        else:
+            assert imported == [], f"{name} imports {imported}"
 
 
 def test_no_function_over_80_lines():

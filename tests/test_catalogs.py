@@ -48,7 +48,7 @@ def test_an_unreadable_catalogue_is_one_line(tmp_path):
     bad.write_bytes(b"not a table at all" * 10)
     with pytest.raises(AstroVLMError) as info:
         read_table(bad)
-    assert "\n" not in str(info.value) and "ECSV, CSV with a header line, FITS or VOTable" in str(info.value)
+    assert "\n" not in str(info.value) and "ECSV, CSV with a header line, FITS, VOTable or Parquet" in str(info.value)
     with pytest.raises(AstroVLMError, match="No such catalogue file"):
         read_table(tmp_path / "missing.ecsv")
     with pytest.raises(AstroVLMError, match="not a regular file"):

@@ -8,7 +8,8 @@ errors print one line saying what to do and exit with status 2; Ctrl-C and SIGTE
 results. ``eval`` writes a report comparing models and adapters on labelled images; ``finetune`` trains
 a LoRA adapter (or a projector, or the whole model) on them.
 
-The package: `parser` (the options), `run` (classify/ask/describe), `evaluate` and `finetune`.
+The package: `parser` (the options), `run` (classify/ask/describe), `survey` (survey catalogues, locally
+or on Ray), `evaluate` and `finetune`.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def _dispatch(args) -> int:
         from .finetune import command_finetune
 
         return command_finetune(args)
+    if args.file is None or getattr(args, "engine", "local") != "local":  # a survey catalogue
+        from .survey import command_survey
+
+        return command_survey(args)
     from .run import command_run
 
     return command_run(args)

@@ -73,6 +73,44 @@ def _systems(args, adapters: dict) -> list:
     return systems
 
 
+def _load_judge(args):
+    from ..judging import Judge
+    from ..models.loading import load_model
+
+    if str(args.judge).startswith(("http://", "https://")):
+        vlm = load_model(args.judge, timeout=args.timeout)
+    else:
+        vlm = load_model(args.judge, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                         tiling=args.tiling, trust_remote_code=args.trust_remote_code)
+    return Judge(vlm, method=args.judge_method)
+
+
+def _command_eval_freeform(args, adapters: dict, dataset, out_dir: Path) -> int:
+    """``astrovlm eval`` on conversation or caption data: text metrics and an optional judge."""
+    from ..freeform import evaluate_freeform
+    from .run import stretch_from_args
+
+    systems = _systems(args, adapters)
+    judge = _load_judge(args) if args.judge else None
+    report = evaluate_freeform(systems, dataset, judge=judge, embedding_model=args.embedding_model,
+                               stretch=stretch_from_args(args), crop=args.crop or 1.0,
+                               limit=args.limit, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                               show_progress=True)
+    same = report.same_model_judge()
+    if same:
+        print(f"warning: the judge {judge.name} is the same model as {', '.join(same)}; its grades of its "
+              "own answers are not independent (see the report).", file=sys.stderr)
+    written = report.write(out_dir, format=args.format, overwrite=args.overwrite)
+    names = ["exact_match", "chrf", "rouge_l", "embedding"] + (["judge"] if judge is not None else [])
+    for system in report.systems:
+        summary = system.summary(report.n_boot, report.seed)
+        shown = "\t".join(f"{name} {summary[name]['mean']:.3f}" for name in names if summary[name]["n"])
+        print(f"{system.name}\t{shown}\t({len(system.cases)} questions)")
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def command_eval(args) -> int:
     """``astrovlm eval``; returns the exit status."""
     from ..evaluation import evaluate
@@ -83,6 +121,11 @@ def command_eval(args) -> int:
         raise AstroVLMError("--compare-base compares adapters with their base model; give --adapter too.")
     out_dir = _check_out_dir(args)
     dataset = dataset_from_args(args)
+    if dataset.kind != "classification":
+        return _command_eval_freeform(args, adapters, dataset, out_dir)
+    if args.judge or args.embedding_model:
+        raise AstroVLMError("--judge and --embedding-model grade free-form answers; give conversation or "
+                            "caption data (LLaVA JSON, captions JSONL) to use them.")
     places = [(path, "adapter") for path in adapters.values()]
     places += [(model, "model") for model in [args.model, *args.compare_model]]
     setup = evaluation_setup(finetune_records(places), dataset, labels=labels_from_args(args),

@@ -115,6 +115,8 @@ def _add_what_to_send(parser) -> None:
     for role, example in (("ra", "RAJ2000"), ("dec", "DEJ2000"), ("x", "X_IMAGE"), ("y", "Y_IMAGE"),
                           ("id", "NAME")):
         columns.add_argument(f"--{role}-col", metavar="NAME", help=f"{role} column of --catalog (e.g. {example})")
+    columns.add_argument("--file-col", metavar="NAME", help="image file column of a survey --catalog (without "
+                                                            "FILE; default: file, filename, path, image)")
     columns.add_argument("--skip-outside", action="store_true",
                          help="leave out catalogue rows outside the image or on blank pixels (with a warning)")
     detect = parser.add_argument_group("detection (--detect)")
@@ -151,8 +153,10 @@ def _add_cube_and_stretch(parser) -> None:
 
 
 def _add_source_options(parser) -> None:
-    parser.add_argument("file", help="FITS (also .fits.gz/.bz2/.fz), PNG or JPEG; 'R.fits,G.fits,B.fits' for "
-                                     "an RGB composite of three bands on one pixel grid")
+    parser.add_argument("file", nargs="?",
+                        help="FITS (also .fits.gz/.bz2/.fz), PNG or JPEG; 'R.fits,G.fits,B.fits' for an RGB "
+                             "composite of three bands on one pixel grid. Leave it out for a survey catalogue "
+                             "(--catalog with a file column naming each row's image)")
     parser.add_argument("--hdu", help="HDU index or name (default: first HDU with an image)")
     _add_what_to_send(parser)
     _add_cube_and_stretch(parser)
@@ -192,6 +196,22 @@ def _add_output_options(parser) -> None:
                        help="log device, dtype, batch size and tokens, and the libraries' own messages")
 
 
+def _add_survey_options(parser) -> None:
+    from ..survey.engine import ENGINES
+
+    group = parser.add_argument_group("survey catalogues (--catalog with a file column, no FILE)")
+    group.add_argument("--engine", choices=ENGINES, default="local",
+                       help="run in this process (local, the default) or on a Ray cluster (ray: the one "
+                            "--ray-address or RAY_ADDRESS names, else a local one); --out is then a folder")
+    group.add_argument("--ray-address", metavar="ADDRESS", help="Ray cluster to run on, e.g. ray://head:10001")
+    group.add_argument("--actors", type=positive_int, metavar="N",
+                       help="Ray model actors (default: one per GPU, else one CPU actor)")
+    group.add_argument("--block-rows", type=positive_int, default=32, metavar="N",
+                       help="rows of one image cut per task (default 32)")
+    group.add_argument("--shard-rows", type=positive_int, default=256, metavar="N",
+                       help="finished rows per Parquet shard, the unit that --resume keeps (default 256)")
+
+
 def _add_task_parsers(sub) -> None:
     classify = sub.add_parser("classify", help="classify cutouts with calibrated label probabilities")
     _add_source_options(classify)
@@ -202,13 +222,20 @@ def _add_task_parsers(sub) -> None:
     labels.add_argument("--preset", help="a shipped label set (see `astrovlm presets`)")
     classify.add_argument("--question", help="replace the label set's question")
     _add_model_options(classify)
+    _add_survey_options(classify)
     _add_output_options(classify)
 
     ask = sub.add_parser("ask", help="ask a question about each cutout")
     _add_source_options(ask)
-    ask.add_argument("question", help="the question, in quotes")
+    ask.add_argument("question", nargs="*",
+                     help="the question, in quotes; several questions are one conversation about each "
+                          "cutout, every turn a row of the results table")
+    ask.add_argument("--questions", metavar="FILE",
+                     help="a text file of questions, one a line, asked after any given on the command line, "
+                          "as one conversation")
     ask.add_argument("--max-new-tokens", type=positive_int, default=128)
     _add_model_options(ask)
+    _add_survey_options(ask)
     _add_output_options(ask)
 
     describe = sub.add_parser("describe", help="caption each cutout")
@@ -225,7 +252,7 @@ def _add_data_options(parser, what: str) -> None:
     parser.add_argument("data", nargs="?",
                         help="a folder with one sub-folder of images (PNG, JPEG, FITS) per class; a table "
                              "(ECSV/CSV/FITS) with file and label (or caption) columns" +
-                             ("; LLaVA conversation JSON; image-caption JSONL" if what == "finetune" else ""))
+                             "; LLaVA conversation JSON; image-caption JSONL")
     group = parser.add_argument_group("FITS image with a catalogue of labelled positions (instead of DATA)")
     group.add_argument("--image", metavar="FITS", help="one FITS image")
     group.add_argument("--catalog", metavar="TABLE", help="table of ra/dec (or x/y) positions with a label column")
@@ -271,6 +298,17 @@ def _add_eval_parser(sub) -> None:
                          help="also evaluate the base model with its adapters disabled")
     compare.add_argument("--compare-model", action="append", metavar="MODEL", default=[],
                          help="another model (Hub id, directory or server URL) side by side; repeatable")
+    freeform = evaluate.add_argument_group("free-form answers (conversation or caption data)")
+    freeform.add_argument("--judge", metavar="MODEL",
+                          help="an LLM judge (Hub id, folder or server URL) that grades each answer against "
+                               "the reference with a rubric: correct, partially correct, wrong")
+    freeform.add_argument("--judge-method", choices=("score", "generate"), default="score",
+                          help="score: rank the three verdicts (never outside the rubric); generate: read "
+                               "the judge's written verdict (default score)")
+    freeform.add_argument("--embedding-model", metavar="MODEL",
+                          help="encoder (Hub id or folder) for the embedding similarity of long answers")
+    freeform.add_argument("--max-new-tokens", type=positive_int, default=128,
+                          help="longest answer (default 128)")
     out = evaluate.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", required=True, help="folder for the report and tables")
     out.add_argument("--format", choices=REPORT_FORMATS, default="md", help="report format (default md)")

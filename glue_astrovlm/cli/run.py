@@ -121,16 +121,33 @@ def request_from_args(args, labels=None):
     image = image_from_args(args)
     if args.command == "classify":
         task = dict(task="classify", labels=labels, question=args.question if labels is None else None)
+    elif args.command == "ask":
+        questions = _questions(args)
+        task = dict(task="ask", question=questions[0], follow_ups=tuple(questions[1:]),
+                    max_new_tokens=args.max_new_tokens)
     elif args.command == "describe" and getattr(args, "preset", None):
         from ..labelsets import load_describe_preset
 
         task = dict(task="describe", question=load_describe_preset(args.preset).prompt,
                     max_new_tokens=args.max_new_tokens)
     else:
-        task = dict(task=args.command, question=getattr(args, "question", None), max_new_tokens=args.max_new_tokens)
+        task = dict(task=args.command, max_new_tokens=args.max_new_tokens)
     size = args.size if args.size is not None else (None if args.regions else DEFAULT_SIZE)
     return Request(image=image, cube=cube_from_args(args, image), stretch=stretch_from_args(args), size=size,
                    outside=args.outside, **_send(args), **task)
+
+
+def _questions(args) -> list[str]:
+    """The questions of ``astrovlm ask``: the command line's, then those of --questions FILE."""
+    from ..conversations import read_questions
+
+    questions = [q for q in args.question if q.strip()]
+    if args.questions:
+        questions += read_questions(args.questions)
+    if not questions:
+        raise AstroVLMError('Give a question in quotes (astrovlm ask IMAGE "Is there a jet?"), several for a '
+                            "conversation, or --questions FILE with one question a line.")
+    return questions
 
 
 def labels_from_args(args):
@@ -252,6 +269,8 @@ def _print_results(results) -> None:
         if result.task == "classify":
             probs = "  ".join(f"{printable(k)}={v:.3f}" for k, v in result.probabilities.items())
             print(f"{where}\t{printable(result.label)}\t{result.confidence:.3f}\t{probs}")
+        elif result.turn is not None:
+            print(f"{where}\tturn {result.turn}\t{printable(result.prompt)}\t{printable(result.answer)}")
         else:
             print(f"{where}\t{printable(result.answer)}")
 
@@ -259,7 +278,9 @@ def _print_results(results) -> None:
 def _described(args, request) -> dict:
     """What the run asked, recorded in the table and compared when resuming."""
     return {"task": request.task, "labels": list(request.labels.labels) if request.labels is not None else None,
-            "question": request.question, "model": str(args.model), "adapter": args.adapter or None,
+            "question": request.question,
+            **({"follow_ups": list(request.follow_ups)} if request.follow_ups else {}),
+            "model": str(args.model), "adapter": args.adapter or None,
             "stretch": request.stretch.describe() if request.stretch else "auto",
             "cube": str(request.cube) if request.cube else None}
 
@@ -308,14 +329,17 @@ def command_run(args) -> int:
         todo = [c for c in prepared.cutouts if result_key(c.provenance) not in done]
         log.info("%d cutout(s) from %s, %d still to do", len(prepared.cutouts), args.file, len(todo))
         results, status, error = _run(session, request, todo)
+        turns = 1 + len(request.follow_ups)  # rows per cutout
         _print_results(results)
         written = []
         if outputs is not None:
-            written = _write(outputs, results, len(prepared.cutouts), labels.labels if labels else None, described)
+            written = _write(outputs, results, len(prepared.cutouts) * turns,
+                             labels.labels if labels else None, described)
         for path in written:
             print(f"wrote {path}", file=sys.stderr)
         if status is not None:
-            finished = len(results) + len(done & {result_key(c.provenance) for c in prepared.cutouts})
+            finished = len({result_key(r.provenance) for r in results}) + len(
+                done & {result_key(c.provenance) for c in prepared.cutouts})
             where = f"; written to {written[0]} (marked partial), continue with --resume" if written else ""
             print(f"partial: {finished} of {len(prepared.cutouts)} cutouts done{where}.", file=sys.stderr)
         if error is not None:

@@ -7,6 +7,9 @@ In glue-qt's terminal the panel injects it as ``vlm``; anywhere else::
     vlm.model = "HuggingFaceTB/SmolVLM-256M-Instruct"
     vlm.classify("my box", preset="radio-morphology")       # labels the subset "my box [AstroVLM: FRII 0.93]"
     vlm.ask("Is there a jet?", subset="my box")
+    vlm.converse("Is there a jet?", subset="my box")        # a conversation: follow-ups keep the context
+    vlm.converse("Which side is brighter?", subset="my box")
+    vlm.export_conversations("dialogues/train.json")        # LLaVA JSON for astrovlm finetune
     vlm.tag(image, catalog=sources, preset="radio-morphology")   # class subsets + vlm_* catalogue columns
     vlm.export("results")                      # results.ecsv + results.reg
     vlm.clear()                                # remove everything the plugin wrote
@@ -60,6 +63,7 @@ class GlueVLM:
         self.session = session or VLMSession(**load_options)
         self.stretch: Stretch | None = None  # automatic: data stretched, rendered pictures as they are
         self.outside = "keep"
+        self._conversations: list | None = None  # read from the results dataset when first needed
 
     # model choice ---------------------------------------------------------------------------
     @property
@@ -190,6 +194,85 @@ class GlueVLM:
         self.write_tags(image, self.data(catalog), results, label_set.labels)
         return results
 
+    # conversations ---------------------------------------------------------------------------
+    @property
+    def conversations(self) -> list:
+        """Every conversation of this glue session, oldest first (restored with a saved session)."""
+        if self._conversations is None:
+            self._conversations = writeback.read_conversations(self.data_collection)
+        return self._conversations
+
+    @staticmethod
+    def conversation_title(request: Request) -> str:
+        """What a conversation is about: ``'<data> / <subset>'`` or ``'<data> / view'``."""
+        source = request.extra.get("glue_data") or getattr(request.image, "label", None) or "image"
+        return f"{source} / {writeback.original_label(request.source_id or 'selection')}"
+
+    def active_conversation(self, title: str):
+        """The conversation that a follow-up about ``title`` continues, or `None`."""
+        return next((c for c in reversed(self.conversations) if c.title == title and not c.closed), None)
+
+    def new_conversation(self, title: str) -> None:
+        """The next question about ``title`` starts a new conversation; the old one is kept for export."""
+        current = self.active_conversation(title)
+        if current is not None:
+            current.closed = True
+            current.backend_state.clear()  # a closed conversation needs no attention cache
+            self.save_conversations()
+
+    def converse(self, question: str, subset=None, *, data=None, view=None, attribute=None,
+                 cube: dict | None = None, new: bool = False, max_new_tokens: int = 128) -> Result:
+        """Ask ``question`` in the conversation about a subset or a viewer's visible area.
+
+        A follow-up continues that conversation with its earlier turns (``new=True`` starts again). The
+        answer is stored with the results, and the conversations are kept in the glue session.
+        """
+        request = self.request(subset, data=data, view=view, attribute=attribute, cube=cube, task="ask",
+                               question=question, max_new_tokens=max_new_tokens)
+        return self.finish_turn(*self.turn(question, request, new=new))
+
+    def turn(self, question: str, request: Request, *, new: bool = False, background: bool = False):
+        """Run one conversation turn (on the session's worker with ``background=True``: a `Future`)."""
+        title = self.conversation_title(request)
+        if new:
+            self.new_conversation(title)
+        conversation = self.active_conversation(title)
+        run = self.session.submit_converse if background else self.session.converse
+        if conversation is None:
+            outcome = run(question, request=request)
+        else:
+            outcome = run(question, conversation=conversation, max_new_tokens=request.max_new_tokens)
+        return outcome if background else (outcome, title)
+
+    def finish_turn(self, outcome, title: str) -> Result:
+        """The GUI-thread half of a turn: keep the conversation and store the answer in glue."""
+        conversation, result = outcome
+        conversation.title = title
+        if conversation not in self.conversations:
+            self.conversations.append(conversation)
+        writeback.store_results(self.data_collection, [result])
+        self.save_conversations()
+        return result
+
+    def correct(self, title: str, turn: int, answer: str) -> None:
+        """Correct the answer of ``turn`` (0-based) in the active conversation about ``title``."""
+        conversation = self.active_conversation(title)
+        if conversation is None:
+            raise AstroVLMError(f"There is no conversation about {title}; ask a question first.")
+        conversation.correct(turn, answer)
+        self.save_conversations()
+
+    def save_conversations(self) -> None:
+        """Keep the conversations in the results dataset, which glue saves with the session."""
+        if self.conversations:
+            writeback.store_conversations(self.data_collection, self.conversations)
+
+    def export_conversations(self, path, *, overwrite: bool = False):
+        """Write every conversation (corrections included) as LLaVA JSON for ``astrovlm finetune``."""
+        from ..conversations import write_llava_json
+
+        return write_llava_json(self.conversations, path, overwrite=overwrite)
+
     # writes --------------------------------------------------------------------------------
     def write_classification(self, subset, result: Result) -> None:
         """Show a classification in the subset's name and store it with the results."""
@@ -224,6 +307,7 @@ class GlueVLM:
         """Remove what the plugin wrote into glue; the user's subsets keep their shapes and names."""
         writeback.clear_plugin_results(self.data_collection)
         self.session.history.clear()
+        self._conversations = []
 
     def __repr__(self) -> str:
         return f"<GlueVLM model={self.model!r}, {len(self.session.history)} result(s)>"

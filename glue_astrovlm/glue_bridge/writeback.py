@@ -22,7 +22,7 @@ from ..results import Result, class_colors, pixel_region, probability_columns, r
 
 __all__ = ["RESULTS_LABEL", "CLASS_PREFIX", "label_subset_group", "clear_subset_label", "store_results",
            "write_catalog_components", "create_class_subsets", "clear_plugin_results", "plugin_subset_groups",
-           "results_data_table"]
+           "results_data_table", "store_conversations", "read_conversations", "CONVERSATIONS_KEY"]
 
 RESULTS_LABEL = "AstroVLM results"
 CLASS_PREFIX = "AstroVLM: "
@@ -83,16 +83,48 @@ def store_results(data_collection, results: Sequence[Result], *, replace: bool =
     columns = {}
     for name in table.colnames:
         column = table[name]
-        values = np.asarray(column.filled(np.nan if column.dtype.kind == "f" else "") if hasattr(column, "filled")
-                            else column)
+        blank = np.nan if column.dtype.kind == "f" else (-1 if column.dtype.kind in "iu" else "")
+        values = np.asarray(column.filled(blank) if hasattr(column, "filled") else column)
         columns[name] = values.astype(str) if values.dtype.kind in "OUS" else values
     data = Data(label=RESULTS_LABEL)
     for name, values in columns.items():  # one by one: a column may be called "label"
         # text stays text: glue would turn ids such as "007" into the number 7
         data.add_component(CategoricalComponent(values) if values.dtype.kind == "U" else values, name)
+    data.meta.update(existing.meta if existing is not None else {})  # e.g. store_conversations's
     data.meta["astrovlm"] = "results"
     data_collection.append(data)
     return data
+
+
+#: The key of the results dataset's ``meta`` that holds the conversations (JSON), saved with the session.
+CONVERSATIONS_KEY = "astrovlm_conversations"
+
+
+def store_conversations(data_collection, conversations) -> None:
+    """Keep ``conversations`` in the results dataset's ``meta``, which glue saves in its session files."""
+    import json
+
+    data = _results_data(data_collection)
+    if data is None:
+        raise AstroVLMError("There is no results dataset to keep the conversations in; ask a question first.")
+    data.meta[CONVERSATIONS_KEY] = json.dumps([c.to_dict() for c in conversations])
+
+
+def read_conversations(data_collection) -> list:
+    """The conversations kept by `store_conversations` (after a session restore too); ``[]`` if none."""
+    import json
+
+    from ..conversations import Conversation
+
+    data = _results_data(data_collection)
+    text = data.meta.get(CONVERSATIONS_KEY) if data is not None else None
+    if not text:
+        return []
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        raise AstroVLMError("The conversations saved in this session are damaged (not JSON).") from None
+    return [Conversation.from_dict(entry) for entry in entries]
 
 
 def results_data_table(data):

@@ -71,11 +71,13 @@ def as_model_images(images) -> list[ModelImage]:
     """
     from PIL import Image
 
-    if isinstance(images, (Cutout, np.ndarray, Image.Image)):
+    if isinstance(images, (Cutout, np.ndarray, Image.Image, ModelImage)):
         images = [images]
     converted = []
     for item in images:
-        if isinstance(item, Cutout):
+        if isinstance(item, ModelImage):  # rendered already (a survey run renders on other processes)
+            converted.append(item)
+        elif isinstance(item, Cutout):
             converted.append(ModelImage(item.to_image(), item.provenance, item.stretch_text()))
         elif isinstance(item, Image.Image):
             converted.append(ModelImage(item.convert("RGB"), None, "as given"))
@@ -122,6 +124,25 @@ class VLM(abc.ABC):
                                  "vlm.ask(cutout, 'Is there a jet?').")
         max_new_tokens = _checked_max_new_tokens(max_new_tokens)
         return self._generate(as_model_images(images), question, "ask", max_new_tokens, progress, cancel)
+
+    def converse(self, conversation, question: str, *, max_new_tokens: int = 128, adapter=...) -> Result:
+        """Ask ``question`` as the next turn of ``conversation`` (a `glue_astrovlm.Conversation`).
+
+        The earlier turns go with it through the model's chat template; the answer is added to the
+        conversation and returned with its ``turn`` number. ``adapter`` is for local models with adapters.
+
+        Raises
+        ------
+        AstroVLMError
+            If ``question`` is blank, or the conversation would not fit the model's context.
+        """
+        question = _checked_text(question, "question", "type a follow-up question, e.g. "
+                                 "conversation.ask(vlm, 'Which side is brighter?').")
+        max_new_tokens = _checked_max_new_tokens(max_new_tokens)
+        return conversation.add_turn(question, self._converse(conversation, question, max_new_tokens))
+
+    def _converse(self, conversation, question: str, max_new_tokens: int) -> Result:
+        raise AstroVLMError(f"{type(self).__name__} cannot hold a conversation; ask each question alone.")
 
     def describe(self, images, *, prompt: str = DESCRIBE_PROMPT, max_new_tokens: int = 128,
                  progress: ProgressCallback | None = None, cancel=None) -> list[Result]:

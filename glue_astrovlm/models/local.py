@@ -430,6 +430,17 @@ class LocalVLM(VLM):
         with self._active(adapter):
             return super().describe(images, **kwargs)
 
+    def converse(self, conversation, question: str, *, adapter=..., **kwargs):
+        """As `VLM.converse`; the image is encoded once per conversation (see `conversing.local_turn`)."""
+        with self._active(adapter):
+            return super().converse(conversation, question, **kwargs)
+
+    def _converse(self, conversation, question, max_new_tokens):
+        from .conversing import local_turn
+
+        self._refuse_control_tokens([("The question", question, "Remove it: the image is sent separately.")])
+        return local_turn(self, conversation, question, max_new_tokens)
+
     def classify(self, images, labels=None, *, adapter=..., **kwargs):
         """As `VLM.classify`; ``adapter`` picks a loaded adapter (or `None` for the base model) for this call."""
         with self._active(adapter):

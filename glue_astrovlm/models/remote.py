@@ -762,12 +762,15 @@ class RemoteVLM(VLM):
     def _body(self, **fields) -> dict:
         return ({"model": self.model} if self.model else {}) | fields
 
-    def _chat(self, image_b64: str, prompt: str, abort, **options) -> tuple[dict, dict]:
-        """Send one chat completion; return the whole answer and its first choice."""
-        content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image_b64}"}},
-                   {"type": "text", "text": prompt}]
-        body = self._body(messages=[{"role": "user", "content": content}], temperature=0, stream=False,
-                          **options)
+    def _chat(self, image_b64: str | None, prompt: str, abort, messages: list | None = None,
+              **options) -> tuple[dict, dict]:
+        """Send one chat completion (or ``messages``, a whole conversation); return the answer and its
+        first choice."""
+        if messages is None:
+            messages = [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image_b64}"}},
+                {"type": "text", "text": prompt}]}]
+        body = self._body(messages=messages, temperature=0, stream=False, **options)
         data = self._request("POST", "/chat/completions", body, abort)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices:
@@ -893,6 +896,11 @@ class RemoteVLM(VLM):
         except BaseException as error:
             _keep_results(error, [])
             raise
+
+    def _converse(self, conversation, question: str, max_new_tokens: int) -> Result:
+        from .conversing import remote_turn
+
+        return remote_turn(self, conversation, question, _count("max_new_tokens", max_new_tokens, 1))
 
     # ------------------------------------------------------------------ classify
     def _classify(self, images: list[ModelImage], label_set: LabelSet, progress, cancel) -> list[Result]:

@@ -12,7 +12,7 @@ import logging
 
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import QFileDialog, QInputDialog, QTableWidgetItem, QWidget
 
 from ..errors import AstroVLMError, in_panel_words
 from ..glue_bridge import writeback
@@ -122,6 +122,9 @@ class AstroVLMPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(lambda: self.export())
         self.clear_button.clicked.connect(self.clear_results)
+        self.new_conversation_button.clicked.connect(self.new_conversation)
+        self.correct_button.clicked.connect(lambda: self.correct_answer())
+        self.export_conversations_button.clicked.connect(lambda: self.export_conversations())
         for combo in (self.data_combo, self.source_combo, self.subset_combo, self.catalog_combo, self.cube_mode,
                       self.interval_combo, self.stretch_combo, self.outside_combo):
             combo.currentIndexChanged.connect(self.update_thumbnail)
@@ -257,6 +260,7 @@ class AstroVLMPanel(QWidget):
             log.debug("thumbnail failed: %s", error)
             self.thumbnail.setText("no cutout")
             return
+        self.show_conversation()
         if cutout is None:
             self.thumbnail.setText("sources are\ndetected at run")
             return
@@ -306,6 +310,10 @@ class AstroVLMPanel(QWidget):
             return
         self._running = (task, context)
         self._busy(True, f"Running {task}…")
+        if task == "ask":  # one turn of the conversation about this selection
+            future = self.vlm.turn(context["question"], request, background=True)
+            future.add_done_callback(self._finished)
+            return
         future = self.vlm.session.submit(request, progress=lambda done, total: self.signals.progress.emit(done, total),
                                          on_prepared=lambda prepared: context.update(table=prepared.table))
         future.add_done_callback(self._finished)
@@ -321,7 +329,8 @@ class AstroVLMPanel(QWidget):
             raise AstroVLMError("Choose a subset or the current view for this task.")
         if task == "ask":
             question = self.question_edit.text().strip()
-            return task, {}, self.request(task="ask", question=question)
+            request = self.request(task="ask", question=question)
+            return task, {"question": question, "title": self.vlm.conversation_title(request)}, request
         context = {"labels": self._labels(), "image": self._data()}
         if task == "tag" and source == "Catalogue sources":
             context["catalog"] = self.vlm.data(self.catalog_combo.currentText())
@@ -352,7 +361,7 @@ class AstroVLMPanel(QWidget):
         task, context = self._running
         self._running = None
         self._show_model_status()
-        self._busy(False, f"{len(results)} result(s).")
+        self._busy(False, "Answered." if task == "ask" else f"{len(results)} result(s).")
         self._write_back(task, context, results)
 
     def _on_failed(self, error) -> None:
@@ -361,7 +370,7 @@ class AstroVLMPanel(QWidget):
         self._show_model_status()
         self._busy(False, finished=False)
         finished = getattr(error, "results", None)  # cancelled, or a server that failed part way
-        if finished and task is not None:
+        if finished and task not in (None, "ask"):
             self._write_back(task, context, finished)
         self._show_error(error)
 
@@ -380,11 +389,85 @@ class AstroVLMPanel(QWidget):
             else:
                 writeback.store_results(self.vlm.data_collection, results)
             self._fill_probabilities(results[0])
-        else:
-            writeback.store_results(self.vlm.data_collection, results)
-            for result in results:
-                self.history.append(f"<b>Q:</b> {result.prompt}<br><b>A:</b> {result.answer}<br>")
+        else:  # ask: ``results`` is the turn's (conversation, result)
+            self.vlm.finish_turn(results, context["title"])
+            self._last_results = [results[1]]
+            self.question_edit.clear()
         self.refresh()
+        self.show_conversation()
+
+    # ----------------------------------------------------------------------------------- conversations
+    def conversation_title(self) -> str | None:
+        """What the Ask tab's conversation is about now (``'<data> / <subset or view>'``), if anything."""
+        try:
+            return self.vlm.conversation_title(self.request(limit=1))
+        except AstroVLMError:
+            return None
+
+    def show_conversation(self) -> None:
+        """Show the conversation about the current selection in the Ask tab."""
+        import html
+
+        title = self.conversation_title()
+        conversation = self.vlm.active_conversation(title) if title else None
+        if conversation is None:
+            self.conversation_label.setText(f"New conversation about {title}" if title else "")
+            self.history.setHtml("")
+            return
+        self.conversation_label.setText(f"Conversation about {title}: {len(conversation)} turn(s). "
+                                        "A question continues it.")
+        parts = []
+        for turn in conversation.turns:
+            answer = html.escape(turn.final_answer)
+            if turn.corrected is not None:
+                answer += f" <i>(corrected; the model said: {html.escape(turn.answer)})</i>"
+            parts.append(f"<p><b>Q:</b> {html.escape(turn.question)}<br><b>A:</b> {answer}</p>")
+        self.history.setHtml("".join(parts))
+
+    def new_conversation(self) -> None:
+        """The next question about the current selection starts a new conversation (the old one is kept)."""
+        title = self.conversation_title()
+        if title is not None:
+            self.vlm.new_conversation(title)
+        self.show_conversation()
+        self.message.setText("The next question starts a new conversation; the earlier one is kept for "
+                             "export.")
+
+    def correct_answer(self, answer: str | None = None, turn: int | None = None) -> None:
+        """Replace an answer (the last by default) of the current conversation with the astronomer's."""
+        title = self.conversation_title()
+        conversation = self.vlm.active_conversation(title) if title else None
+        if conversation is None or not conversation.turns:
+            self._show_error(AstroVLMError("There is no answer to correct yet: ask a question first."))
+            return
+        turn = len(conversation.turns) - 1 if turn is None else turn
+        if answer is None:
+            answer, ok = QInputDialog.getMultiLineText(self, "Correct the answer",
+                                                       conversation.turns[turn].question,
+                                                       conversation.turns[turn].final_answer)
+            if not ok:
+                return
+        try:
+            self.vlm.correct(title, turn, answer)
+        except AstroVLMError as error:
+            self._show_error(error)
+            return
+        self.show_conversation()
+        self.message.setText("Answer corrected; later questions and exports use your answer.")
+
+    def export_conversations(self, path: str | None = None) -> None:
+        """Write every conversation as LLaVA JSON (with its images) for ``astrovlm finetune``."""
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export conversations (LLaVA JSON)",
+                                                  "conversations.json")
+            if not path:
+                return
+        try:
+            written = self.vlm.export_conversations(path)
+        except AstroVLMError as error:
+            self._show_error(error)
+            return
+        self.message.setText(f"Wrote {written}; fine-tune with: astrovlm finetune {written} --model ...")
 
     def _fill_probabilities(self, result) -> None:
         items = sorted(result.probabilities.items(), key=lambda kv: -kv[1])

@@ -111,10 +111,23 @@ def _tabs(panel) -> QTabWidget:
     ask = QWidget()
     ask_layout = QVBoxLayout(ask)
     panel.question_edit = QLineEdit()
-    panel.question_edit.setPlaceholderText("e.g. Is there a jet?")
+    panel.question_edit.setPlaceholderText("e.g. Is there a jet?  (follow-ups continue the conversation)")
+    panel.conversation_label = QLabel("")
+    panel.conversation_label.setWordWrap(True)
     panel.history = QTextBrowser()
+    panel.new_conversation_button = QPushButton("New conversation")
+    panel.new_conversation_button.setToolTip("The next question starts again; this conversation is kept "
+                                             "for export")
+    panel.correct_button = QPushButton("Correct last answer…")
+    panel.correct_button.setToolTip("Replace the model's answer with yours: later questions and exports "
+                                    "use it")
+    panel.export_conversations_button = QPushButton("Export conversations…")
+    panel.export_conversations_button.setToolTip("LLaVA JSON with the images, for astrovlm finetune")
     ask_layout.addWidget(panel.question_edit)
+    ask_layout.addWidget(panel.conversation_label)
     ask_layout.addWidget(panel.history)
+    ask_layout.addLayout(_row(panel.new_conversation_button, panel.correct_button,
+                              panel.export_conversations_button))
     panel.tabs.addTab(ask, "Ask")
 
     classify = QWidget()

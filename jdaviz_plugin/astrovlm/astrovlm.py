@@ -86,6 +86,11 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
       ``table_file``, ``nsigma``, ``max_sources``.
     * ``write_subsets``, ``subsets_per`` (``'Per class'`` or ``'Per source'``), ``write_markers``.
     * :meth:`preview`, :meth:`ask`, :meth:`classify`, :meth:`tag`, :meth:`cancel`
+    * ``conversations`` (list of `~glue_astrovlm.Conversation`): :meth:`ask` continues the conversation
+      about the current subset or viewer area; :meth:`new_conversation` starts again,
+      :meth:`correct_answer` replaces an answer, :meth:`export_conversations` writes LLaVA JSON for
+      ``astrovlm finetune``; :meth:`export` saves them with the results and :meth:`load_conversations`
+      reads them back.
     * ``results`` (list of `~glue_astrovlm.Result`), :meth:`results_table`, :meth:`export`,
       :meth:`clear_results`, ``table`` (the results table shown in the plugin) and :meth:`export_table`.
     """
@@ -118,6 +123,9 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
     task_tab = Int(1).tag(sync=True)  # 0: ask, 1: classify, 2: tag
     question = Unicode("").tag(sync=True)
     ask_history = List().tag(sync=True)
+    conversation_title = Unicode("").tag(sync=True)
+    corrected_answer = Unicode("").tag(sync=True)
+    conversations_file = Unicode("conversations.json").tag(sync=True)
     preset_items = List().tag(sync=True)
     preset_selected = Unicode().tag(sync=True)
     custom_labels = Unicode("").tag(sync=True)
@@ -151,6 +159,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         self._written_subsets = {}  # subset label -> class, for the last tagging run
         self._written_markers = {}  # viewer id -> marker names, for the last tagging run
         self._tagged_data = None
+        self._conversations = []    # every conversation (closed ones are kept for export)
 
         self.dataset.add_filter('is_image_or_flux_cube')
         self.viewer.add_filter('is_image_viewer')
@@ -201,8 +210,10 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             'spectral_subset', 'interval', 'stretch', 'outside', 'cutout_size', 'question', 'preset',
             'custom_labels', 'tag_source', 'catalog', 'table_file', 'nsigma', 'max_sources',
             'write_subsets', 'subsets_per', 'write_markers', 'preview', 'ask', 'classify', 'tag',
-            'cancel', 'results', 'results_table', 'export', 'clear_results', 'table', 'export_table'),
-            readonly=('results',))
+            'cancel', 'results', 'results_table', 'export', 'clear_results', 'table', 'export_table',
+            'conversations', 'new_conversation', 'correct_answer', 'export_conversations',
+            'load_conversations'),
+            readonly=('results', 'conversations'))
 
     # ------------------------------------------------------------------------------ engine session
     @property
@@ -364,7 +375,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         return selection.view_request_of(data, self._viewer(), **options), None
 
     # ------------------------------------------------------------------------------ tasks
-    def ask(self, question: str | None = None, *, cube: dict | None = None, wait: bool = True):
+    def ask(self, question: str | None = None, *, cube: dict | None = None, wait: bool = True,
+            max_new_tokens: int = 128):
         """Ask a question about the subset or viewer area; the answer joins the history.
 
         Parameters
@@ -378,9 +390,15 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             Block until the answer is back (default) and return the `~glue_astrovlm.Result`. With
             ``False``, return the running `~concurrent.futures.Future` at once; the plugin is updated
             when the kernel is next idle.
+        max_new_tokens : int, optional
+            Longest answer, in tokens.
+
+        The question continues the conversation about the current subset or viewer area (see
+        :meth:`new_conversation`); the result's ``turn`` says which turn it is.
         """
         if question is not None:
             self.question = question
+        self._max_new_tokens = max_new_tokens
         return self._start("ask", cube=cube, wait=wait)
 
     def classify(self, labels=None, *, preset: str | None = None, cube: dict | None = None, wait: bool = True):
@@ -452,7 +470,9 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         if task == "ask":
             if not self.question.strip():
                 raise AstroVLMError("Type a question first.")
-            fields = {"task": "ask", "question": self.question.strip()}
+            fields = {"task": "ask", "question": self.question.strip(),
+                      "max_new_tokens": getattr(self, "_max_new_tokens", 128)}
+            context["question"] = fields["question"]
         else:
             context["labels"] = self._label_set()
             fields = {"labels": context["labels"]}
@@ -473,8 +493,16 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         else:
             def progress(done, total):
                 loop.call_soon_threadsafe(self._on_progress, done, total)
-        future = self.vlm_session.submit(context["request"], progress=progress,
-                                         on_prepared=lambda prepared: context.update(cutouts=prepared.cutouts))
+        if task == "ask":  # the next turn of the conversation about this selection
+            context["title"] = self._title_of(context["request"])
+            active = self._active_conversation(context["title"])
+            future = self.vlm_session.submit_converse(
+                context["question"], conversation=active, request=None if active else context["request"],
+                max_new_tokens=context["request"].max_new_tokens)
+        else:
+            future = self.vlm_session.submit(
+                context["request"], progress=progress,
+                on_prepared=lambda prepared: context.update(cutouts=prepared.cutouts))
         self._future = future
         if loop is not None:
             future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finish, context, f))
@@ -499,6 +527,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         self._show_model_status()
         error = future.exception()
         results = future.result() if error is None else getattr(error, "results", [])
+        if context["task"] == "ask" and error is None:  # a turn: (conversation, result)
+            context["conversation"], results = results[0], [results[1]]
         try:
             if results:
                 self._apply(context, results)
@@ -526,11 +556,14 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             self._add_rows("classify", results)
             self._report(f"{result.source_id}: {result.label} ({result.confidence:.2f})", "success")
         else:
-            for result in results:
-                self.ask_history = self.ask_history + [{"question": result.prompt, "answer": result.answer,
-                                                        "source": result.source_id}]
+            conversation = context["conversation"]
+            conversation.title = context["title"]
+            if conversation not in self._conversations:
+                self._conversations.append(conversation)
+            self._show_conversation(context["title"])
             self._add_rows("ask", results)
-            self._report("Answered.", "success")
+            self._report(f"Answered (turn {results[0].turn} of the conversation about {context['title']}).",
+                         "success")
         self.hub.broadcast(SnackbarMessage(f"AstroVLM: {self.message}", color="success", sender=self))
 
     def _write_tags(self, context: dict, results) -> None:
@@ -571,6 +604,111 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         if self._written_markers:
             writeback.remove_markers(self._viz, self._written_markers)
         self._written_subsets, self._written_markers = {}, {}
+
+    # ------------------------------------------------------------------------------ conversations
+    @property
+    def conversations(self) -> list:
+        """Every conversation of this plugin, oldest first (a new conversation keeps the old ones)."""
+        return list(self._conversations)
+
+    @staticmethod
+    def _title_of(request) -> str:
+        source = request.extra.get("glue_data") or getattr(request.image, "label", None) or "image"
+        return f"{source} / {request.source_id or 'selection'}"
+
+    def _active_conversation(self, title: str):
+        return next((c for c in reversed(self._conversations) if c.title == title and not c.closed), None)
+
+    def _current_title(self) -> str | None:
+        try:
+            return self._title_of(self._request("ask", task="ask", question="?", limit=1)[0])
+        except Exception:  # noqa: BLE001 - no data or subset yet: no conversation to show
+            return None
+
+    def _show_conversation(self, title: str | None = None) -> None:
+        """Show the conversation about the current subset or viewer area in the Ask tab."""
+        title = title or self._current_title()
+        conversation = self._active_conversation(title) if title else None
+        self.conversation_title = (f"Conversation about {title}: {len(conversation)} turn(s)" if conversation
+                                   else (f"New conversation about {title}" if title else ""))
+        self.ask_history = [] if conversation is None else [
+            {"question": t.question, "answer": t.final_answer, "source": title, "turn": i + 1,
+             "corrected": t.corrected is not None, "model_answer": t.answer}
+            for i, t in enumerate(conversation.turns)]
+
+    @observe('send_selected', 'subset_selected', 'dataset_selected')
+    def _selection_changed(self, event={}):
+        if self.task_tab == 0:
+            self._show_conversation()
+
+    def new_conversation(self) -> None:
+        """The next question about the current subset or viewer area starts a new conversation."""
+        title = self._current_title()
+        current = self._active_conversation(title) if title else None
+        if current is not None:
+            current.closed = True
+            current.backend_state.clear()  # a closed conversation needs no attention cache
+        self._show_conversation(title)
+        self._report("The next question starts a new conversation; the earlier one is kept for export.",
+                     "info")
+
+    def vue_new_conversation(self, *args):
+        self.new_conversation()
+
+    def correct_answer(self, answer: str | None = None, turn: int | None = None) -> None:
+        """Replace an answer (the last by default; ``turn`` is 0-based) of the current conversation.
+
+        Later questions and exports use the corrected answer; the model's answer is kept beside it.
+        """
+        title = self._current_title()
+        conversation = self._active_conversation(title) if title else None
+        if conversation is None or not conversation.turns:
+            raise self._report_error(AstroVLMError("There is no answer to correct yet: ask a question "
+                                                   "first."))
+        answer = self.corrected_answer if answer is None else answer
+        try:
+            conversation.correct(len(conversation.turns) - 1 if turn is None else turn, answer)
+        except AstroVLMError as error:
+            raise self._report_error(error)
+        self.corrected_answer = ""
+        self._show_conversation(title)
+        self._report("Answer corrected; later questions and exports use your answer.", "success")
+
+    def vue_correct_answer(self, *args):
+        try:
+            self.correct_answer()
+        except AstroVLMError:
+            pass  # shown in the plugin
+
+    def export_conversations(self, path: str | None = None, *, overwrite: bool = False):
+        """Write every conversation (corrections included) as LLaVA JSON, with its images, for
+        ``astrovlm finetune``. Returns the path written."""
+        from glue_astrovlm.conversations import write_llava_json
+
+        return write_llava_json(self._conversations, path or self.conversations_file, overwrite=overwrite)
+
+    def vue_export_conversations(self, *args):
+        try:
+            written = self.export_conversations()
+        except AstroVLMError as error:
+            self._report_error(error)
+            return
+        self._report(f"Wrote {written}; fine-tune with: astrovlm finetune {written} --model ...", "success")
+
+    def load_conversations(self, path: str) -> None:
+        """Read back the conversations that :meth:`export` saved (``PREFIX.conversations.json``)."""
+        import json
+        from pathlib import Path
+
+        from glue_astrovlm.conversations import Conversation
+
+        try:
+            entries = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise self._report_error(AstroVLMError(f"Cannot read conversations from {path}: {error}.")
+                                     ) from None
+        self._conversations += [Conversation.from_dict(entry) for entry in entries]
+        self._show_conversation()
 
     # ------------------------------------------------------------------------------ results
     def _add_rows(self, task: str, results, subsets_of=None) -> None:
@@ -618,8 +756,21 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
 
         if region_format not in REGION_FORMATS:
             raise AstroVLMError(f"Unknown region format {region_format!r}; use one of {', '.join(REGION_FORMATS)}.")
-        return export(self._results, prefix or self.export_prefix, formats=("ecsv", region_format),
-                      overwrite=overwrite, table=self.results_table())
+        prefix = prefix or self.export_prefix
+        written = export(self._results, prefix, formats=("ecsv", region_format), overwrite=overwrite,
+                         table=self.results_table())
+        if self._conversations:  # the conversations go with the results, to be read back
+            written.append(self._save_conversations(f"{prefix}.conversations.json", overwrite))
+        return written
+
+    def _save_conversations(self, path: str, overwrite: bool):
+        import json
+        from pathlib import Path
+
+        from glue_astrovlm.results import atomic_write
+
+        text = json.dumps([c.to_dict() for c in self._conversations])
+        return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite)
 
     def vue_export_results(self, *args):
         try:
@@ -643,6 +794,8 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         self._rows = []
         self.table._clear_table()
         self.probabilities, self.ask_history = [], []
+        self._conversations = []
+        self.conversation_title = ""
         self._report("Removed the plugin's results; your subsets are unchanged.", "info")
 
     def vue_clear_results(self, *args):

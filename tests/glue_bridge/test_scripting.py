@@ -122,3 +122,35 @@ def test_same_object_in_a_glue_jupyter_app(fits_dir, tiny_smolvlm_dir, tmp_path,
     vlm = GlueVLM(app.data_collection, VLMSession(str(tiny_smolvlm_dir), dtype="float32"))
     result = vlm.classify("jupyter box", preset="radio-morphology")
     assert app.data_collection.subset_groups[0].label == f"jupyter box [AstroVLM: {result.short_label()}]"
+
+
+def test_a_survey_run_comes_back_as_class_subsets_and_catalogue_columns(fits_dir, tiny_smolvlm, tmp_path):
+    """Issue 15: a notebook hands a survey catalogue to tag_catalog (here the local engine; Ray gives the
+    same rows) and writes one image's results back as glue subsets and ``vlm_*`` catalogue columns."""
+    pytest.importorskip("pyarrow")
+    from astropy.table import Table
+    from glue.core import DataCollection
+
+    from glue_astrovlm import open_image
+    from glue_astrovlm.survey import tag_catalog
+
+    from ..survey_helpers import make_survey
+
+    path, _ = make_survey(tmp_path / "survey", fits_dir)
+    run = tag_catalog(path, tmp_path / "tags", model=tiny_smolvlm, labels=["FRI", "FRII"], size=32,
+                      progress=False)
+    survey = Table.read(path)
+    catalog = Data(label="survey", ra=np.asarray(survey["ra"]), dec=np.asarray(survey["dec"]))
+    by_image = run.results()
+    first_file = next(iter(by_image))
+    with open_image(first_file) as source:  # glue's FITS reader refuses FIRST's tab-holding COMMENT cards
+        image = Data(label="first", image=np.asarray(source.read()), coords=source.celestial_wcs)
+    dc = DataCollection([image, catalog])
+    GlueVLM(dc, VLMSession(str(tiny_smolvlm.name))).write_tags(image, catalog, by_image[first_file],
+                                                                ["FRI", "FRII"])
+    rows = [r.provenance.extra["row"] for r in by_image[first_file]]
+    assert list(np.asarray(catalog["vlm_label"])[rows]) == [r.label for r in by_image[first_file]]
+    assert {g.label for g in writeback.plugin_subset_groups(dc)} == \
+        {"AstroVLM: " + r.label for r in by_image[first_file]}
+    others = np.setdiff1d(np.arange(len(survey)), rows)
+    assert set(np.asarray(catalog["vlm_label"])[others]) == {""}

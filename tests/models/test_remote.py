@@ -7,11 +7,8 @@ to it, or to a real socket that accepts connections and never answers, or to a c
 import base64
 import json
 import logging
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -22,72 +19,7 @@ from glue_astrovlm import AstroVLMError, LabelSet, OperationCancelled, load_mode
 from glue_astrovlm.models.base import as_model_images
 from glue_astrovlm.models.remote import RemoteVLM, ServerRefused, letter_probabilities, lettered_prompt
 
-SERVER_START_LIMIT = 120.0  # seconds
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def served_model_dir(tmp_path_factory):
-    """A tiny SmolVLM (Idefics3) with the real tokenizer, processor and chat template, random weights."""
-    from glue_astrovlm.testing import SHARED_SMOLVLM_CONFIG, build_smolvlm
-
-    if not SHARED_SMOLVLM_CONFIG.is_dir():
-        pytest.skip(f"model configuration {SHARED_SMOLVLM_CONFIG} is not available")
-    return build_smolvlm(tmp_path_factory.mktemp("served-smolvlm"))
-
-
-@pytest.fixture(scope="session")
-def served(served_model_dir, tmp_path_factory):
-    """``transformers serve`` pinned to the tiny SmolVLM on 127.0.0.1; yields its API root URL.
-
-    SmolVLM's processor (Idefics3) cannot encode the control-token-sanitised prompts of /v1/systemone in
-    transformers 5.23, so the server gets a decision config that turns that sanitising off.
-    """
-    httpx = pytest.importorskip("httpx")
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    folder = tmp_path_factory.mktemp("served")
-    decision_config = folder / "decision.json"
-    decision_config.write_text('{"sanitize_control_tokens": false}\n')
-    (folder / "hf-cache").mkdir()
-    port = _free_port()
-    # offline, and an empty cache: the server has nothing to download and nothing else to list
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HUB_CACHE": str(folder / "hf-cache"), "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(served_model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-               "--decision-config", str(decision_config)]
-    log_path = folder / "serve.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + SERVER_START_LIMIT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"transformers serve exited with {process.returncode}:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start within {SERVER_START_LIMIT:g} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield {"url": f"http://127.0.0.1:{port}/v1", "model": str(served_model_dir), "log": log_path}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+from ..conftest import free_port as _free_port
 
 
 @pytest.fixture(scope="module")
@@ -935,3 +867,26 @@ def test_environment_proxy_is_followed_but_never_for_loopback(chat_server, image
     with pytest.raises(AstroVLMError, match="Could not connect to the server at http://gpu-node.invalid"):
         RemoteVLM("http://gpu-node.invalid:8000/v1", timeout=5, max_retries=0)
     assert len(chat_server.requests) == before
+
+
+def test_a_survey_catalogue_runs_on_the_server_as_classify_does(served, remote, fits_dir, tmp_path):
+    """Issue 15: the survey stage scores through the remote backend; rows equal classify's of the same
+    cutouts, and a row outside its image is recorded, not sent."""
+    from glue_astrovlm import cutouts_from_catalog, open_image
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.survey import tag_catalog
+
+    from ..survey_helpers import make_survey
+
+    catalog, _ = make_survey(tmp_path / "survey", fits_dir)
+    table = read_table(catalog)[:9]  # eight rows on one image and the row outside it
+    run = tag_catalog(table, tmp_path / "tags", model=served["url"], labels=["FRI", "FRII"], size=32,
+                      root=catalog.parent, load_options={"concurrency": 2}, progress=False)
+    assert run.complete and (run.done, run.failed) == (8, 1)
+    tags = run.table()
+    with open_image(tags["source"][0]) as image:
+        expected = remote.classify(cutouts_from_catalog(image, tags["source_id", "ra", "dec"], size=32,
+                                                        id_col="source_id"), ["FRI", "FRII"])
+    assert list(tags["label"]) == [r.label for r in expected]
+    assert np.allclose(tags["p_FRI"], [r.probabilities["FRI"] for r in expected], atol=1e-6)
+    assert set(tags["model"]) == {expected[0].model}

@@ -463,6 +463,40 @@ def test_app_asks_about_the_view(fits_dir, vlm_session):
     assert plg._obj.ask_history[-1]["answer"] == result.answer
 
 
+def test_the_ask_tab_holds_a_conversation(fits_dir, vlm_session, tmp_path):
+    """Its own app: the conversation's rows and subsets stay out of the shared Imviz's state."""
+    from glue_astrovlm.datasets import load_llava_json
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app = jdaviz.App()
+        app.load(str(fits_dir / HORSEHEAD), format="Image", extension=0)
+    plg = jdaviz_plugin.add_to(app)
+    plg.vlm_session = vlm_session
+    plg.send = "Viewer area"
+    plg._obj.task_tab = 0
+    first = plg.ask("Is there a dark nebula?", max_new_tokens=6)
+    second = plg.ask("Which side is brighter?", max_new_tokens=6)
+    assert (first.turn, second.turn) == (1, 2)
+    conversation = plg.conversations[-1]
+    assert [t.question for t in conversation.turns] == ["Is there a dark nebula?", "Which side is brighter?"]
+    assert [item["turn"] for item in plg._obj.ask_history] == [1, 2]
+    assert "2 turn(s)" in plg._obj.conversation_title and "view" in plg._obj.conversation_title
+    plg.correct_answer("The western side.")
+    assert plg._obj.ask_history[-1]["answer"] == "The western side." and plg._obj.ask_history[-1]["corrected"]
+    plg.new_conversation()
+    assert plg._obj.ask_history == [] and conversation.closed
+    assert plg.ask("What is this?", max_new_tokens=6).turn == 1
+    written = plg.export(str(tmp_path / "results"))
+    assert written[-1].name == "results.conversations.json"
+    plg._obj._conversations = []
+    plg.load_conversations(written[-1])
+    assert len(plg.conversations) == 2
+    assert plg.conversations[0].turns[1].final_answer == "The western side."
+    data = load_llava_json(plg.export_conversations(str(tmp_path / "train.json")))
+    assert len(data) == 2 and ("assistant", "The western side.") in data.items[0].conversation
+
+
 def test_a_jpeg_reaches_the_model_as_jdaviz_shows_it(shared_data):
     """jdaviz reads a JPEG as grey levels in 0-1; the model gets exactly those, not a zscale of them."""
     jpg = sorted((shared_data / "gz2_spiral" / "spirals").glob("*.jpg"))[0]

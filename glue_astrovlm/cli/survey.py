@@ -1,0 +1,122 @@
+"""``astrovlm classify/ask --catalog SURVEY`` without an image FILE: a survey run over every image the
+catalogue names (`glue_astrovlm.survey.tag_catalog`), in this process (``--engine local``) or on Ray
+(``--engine ray``). ``--out`` is a folder of shards that ``--resume`` continues; Ctrl-C or SIGTERM
+stops after the current block, keeps every finished row and exits with 130 or 143.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from ..errors import AstroVLMError
+
+__all__ = ["command_survey"]
+
+
+class _Cancel:
+    """What `_StopOnSignals` stops: the survey run's cancel event."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def cancel(self) -> None:
+        self.event.set()
+
+
+def _checked(args) -> None:
+    if args.command not in ("classify", "ask"):
+        raise AstroVLMError(
+            f"astrovlm {args.command} needs an image FILE; survey catalogues run with classify and ask."
+        )
+    if args.file is not None:
+        raise AstroVLMError(
+            "--engine ray runs survey catalogues: leave out FILE and give --catalog with a file "
+            "column naming each row's image."
+        )
+    if not args.catalog:
+        raise AstroVLMError(
+            "Give an image FILE, or --catalog TABLE with a file column naming each row's image."
+        )
+    if args.out is None:
+        raise AstroVLMError("A survey run writes a folder of results: give --out DIR.")
+    if args.regions or args.position or args.pixel or args.detect:
+        raise AstroVLMError(
+            "A survey catalogue sends its rows; leave out --regions, --position, --pixel and --detect."
+        )
+
+
+def _load_options(args) -> dict:
+    from .run import adapters_from_args
+
+    if str(args.model).startswith(("http://", "https://")):
+        return {"served_model": args.served_model, "timeout": args.timeout}
+    options = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "tiling": args.tiling,
+        "trust_remote_code": args.trust_remote_code,
+        "adapter": adapters_from_args(args.adapter),
+    }
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def command_survey(args) -> int:
+    """Run a survey catalogue; returns the exit status."""
+    from ..requests import DEFAULT_SIZE
+    from ..survey import tag_catalog
+    from .run import _StopOnSignals, _hdu, labels_from_args, stretch_from_args
+
+    _checked(args)
+    labels = labels_from_args(args) if args.command == "classify" else None
+    if args.command == "classify" and labels is None:
+        raise AstroVLMError(
+            "Give --labels or --preset (see `astrovlm presets`) to classify a survey catalogue."
+        )
+    columns = {
+        role: getattr(args, f"{role}_col")
+        for role in ("ra", "dec", "x", "y", "id")
+        if getattr(args, f"{role}_col")
+    }
+    stopper = _Cancel()
+    with _StopOnSignals(stopper) as stop:
+        try:
+            run = tag_catalog(
+                args.catalog,
+                args.out,
+                model=str(args.model),
+                task=args.command,
+                labels=labels,
+                question=args.question,
+                max_new_tokens=getattr(args, "max_new_tokens", 128),
+                engine=args.engine,
+                ray_address=args.ray_address,
+                actors=args.actors,
+                size=args.size or DEFAULT_SIZE,
+                stretch=stretch_from_args(args),
+                hdu=_hdu(args.hdu),
+                columns=columns,
+                file_col=args.file_col,
+                load_options=_load_options(args),
+                block_rows=args.block_rows,
+                shard_rows=args.shard_rows,
+                table_format=args.table_format,
+                region_format=args.region_format,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                cancel=stopper.event,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"partial: stopped at once; the finished shards are kept in {args.out}, continue with "
+                "--resume.",
+                file=sys.stderr,
+            )
+            return stop.exit_status
+    for path in run.written:
+        print(f"wrote {path}", file=sys.stderr)
+    print(("" if run.complete else "partial: ") + run.summary(), file=sys.stderr)
+    if stop.received is not None:
+        return stop.exit_status
+    return 0 if run.complete else 2

@@ -1,0 +1,202 @@
+"""The next turn of a conversation, for the local and the remote backend.
+
+Local models keep the attention (key/value) cache of the conversation so far in the conversation's
+``backend_state``. The next turn's prompt is the same tokens plus the new question: the cache is cut
+back to the longest prefix the two share (an answer corrected by the astronomer changes the tokens
+after it) and only the rest is run through the model. As long as that prefix covers the image
+tokens, the vision tower does not run again: the image is encoded once per conversation. Models that
+place text after an image by the image's grid (Qwen2-VL's multimodal rotary positions) re-encode it
+each turn, because their positions are not carried in the cache.
+
+A remote server gets every earlier turn in the ``messages`` list of an OpenAI chat request.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import weakref
+
+from ..errors import AstroVLMError
+from ..results import Result
+from .base import text_result
+
+__all__ = ["local_turn", "remote_turn", "context_length"]
+
+log = logging.getLogger("glue_astrovlm")
+
+#: Conversations whose attention cache a local model keeps (the most recently asked); an older one
+#: encodes its image again at its next turn. Caches hold model memory (GPU memory on a GPU).
+MAX_CACHED_CONVERSATIONS = 4
+_cached: "collections.OrderedDict[int, weakref.ref]" = collections.OrderedDict()
+_cached_lock = threading.Lock()
+
+
+def _keep_cache(conversation) -> None:
+    """Count ``conversation`` as the most recent holder of a cache; drop the caches of older ones."""
+    with _cached_lock:
+        _cached.pop(id(conversation), None)
+        _cached[id(conversation)] = weakref.ref(conversation)
+        while len(_cached) > MAX_CACHED_CONVERSATIONS:
+            _, old = _cached.popitem(last=False)
+            old = old()
+            if old is not None:
+                old.backend_state.pop("local", None)
+
+
+def _cache_argument() -> str:
+    """``generate``'s name of the cache: ``cache`` since transformers 5.24, ``past_key_values`` before."""
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+    except ImportError:
+        return "past_key_values"
+    return ALL_CACHE_NAMES[0]
+
+
+def context_length(vlm) -> int | None:
+    """The most tokens a local model reads (its text model's ``max_position_embeddings``), if it says."""
+    config = vlm.model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def _too_long(vlm, conversation, length: int, max_new_tokens: int, limit: int) -> AstroVLMError:
+    return AstroVLMError(
+        f"This conversation ({len(conversation.turns)} earlier turn(s) and the new question) is {length} "
+        f"tokens, and with up to {max_new_tokens} for the answer it would not fit the {limit} tokens "
+        f"{vlm.name} reads at once. Nothing was cut and nothing was asked: start a new conversation (this "
+        "one keeps its turns), or ask for a shorter answer (max_new_tokens)."
+    )
+
+
+def _places_text_by_image_grid(model) -> bool:
+    """Models whose text positions after an image depend on its grid (kept outside the cache)."""
+    return any(hasattr(module, "rope_deltas") for module in model.modules())
+
+
+def _image_token_id(vlm) -> int | None:
+    config = vlm.model.config
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _reusable_length(vlm, state: dict | None, key: tuple, ids) -> int:
+    """How many leading tokens of ``ids`` (1-D) the cached conversation already holds, past its images."""
+    if not state or state["key"] != key or _places_text_by_image_grid(vlm.model):
+        return 0
+    image_token = _image_token_id(vlm)
+    if image_token is None:
+        return 0
+    cached = state["ids"]
+    n = min(len(cached), len(ids) - 1)  # at least one new token must run through the model
+    differ = (cached[:n] != ids[:n]).nonzero()
+    common = int(differ[0, 0]) if len(differ) else n
+    images = (ids == image_token).nonzero()
+    if not len(images) or common <= int(images[-1, 0]):
+        return 0
+    return common
+
+
+def local_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result:
+    """Answer ``question`` as the next turn of ``conversation`` with a `LocalVLM` (not recorded here)."""
+    import torch
+
+    text = vlm.processor.apply_chat_template(conversation.messages(question), add_generation_prompt=True)
+    inputs = vlm.processor(
+        text=[text],
+        images=[[m.image for m in conversation.images]],
+        return_tensors="pt",
+        **vlm.processor_kwargs,
+    )
+    inputs = vlm._to_device(inputs)
+    ids = inputs["input_ids"]
+    length = ids.shape[1]
+    limit = context_length(vlm)
+    if limit is not None and length + max_new_tokens > limit:
+        raise _too_long(vlm, conversation, length, max_new_tokens, limit)
+    key = (id(vlm.model), vlm.name, vlm.adapter)
+    state = conversation.backend_state.get("local")
+    reuse = _reusable_length(vlm, state, key, ids[0])
+    if reuse:
+        cache = state["cache"]
+        if cache.get_seq_length() > reuse:
+            cache.crop(reuse - cache.get_seq_length())  # a negative count: tokens removed from the end
+        arguments = {"input_ids": ids, "attention_mask": inputs["attention_mask"], _cache_argument(): cache}
+    else:
+        arguments = dict(inputs)
+        conversation.backend_state.pop("local", None)  # free the old cache before making a new one
+    with torch.inference_mode():
+        output = vlm.model.generate(
+            **arguments,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=vlm.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+        )
+    sequence = output.sequences[0]
+    cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+    if cache is not None and hasattr(cache, "crop"):
+        conversation.backend_state["local"] = {
+            "key": key,
+            "cache": cache,
+            "ids": sequence[: cache.get_seq_length()],
+        }
+        _keep_cache(conversation)
+    vlm.last_image_tokens = vlm.image_token_count(inputs)
+    log.debug(
+        "Conversation turn %d: %d prompt tokens, %d from the cache (image %s)",
+        len(conversation) + 1,
+        length,
+        reuse,
+        "not encoded again" if reuse else "encoded",
+    )
+    conversation.backend_state["reused_tokens"] = reuse
+    answer = vlm.tokenizer.decode(sequence[length:], skip_special_tokens=True)
+    return text_result(
+        conversation.images[0], "ask", question, answer, vlm.name, vlm.adapter, vlm.last_image_tokens
+    )
+
+
+def _about_length(detail: str) -> bool:
+    detail = detail.lower()
+    return any(word in detail for word in ("context", "too long", "maximum", "max_model_len", "length"))
+
+
+def remote_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result:
+    """Answer ``question`` as the next turn of ``conversation`` with a `RemoteVLM` (not recorded here)."""
+    import base64
+    import io
+
+    def png(image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    pictures = conversation.backend_state.get("png")
+    if pictures is None:
+        pictures = [png(m.image) for m in conversation.images]
+        conversation.backend_state["png"] = pictures
+    parts = [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{picture}"}}
+        for picture in pictures
+    ]
+    try:
+        messages = conversation.messages(question, image_parts=parts)
+        data, choice = vlm._chat(None, question, None, messages=messages, max_tokens=max_new_tokens)
+    except AstroVLMError as error:  # ServerRefused carries the HTTP status and the server's detail
+        if getattr(error, "status", None) in (400, 413, 422) and _about_length(getattr(error, "detail", "")):
+            raise AstroVLMError(
+                f"{vlm.name} refused this conversation ({len(conversation.turns)} earlier turn(s) and the "
+                f"new question) as too long for its context: {error.detail[:300]}. Nothing was cut: start a "
+                "new conversation (this one keeps its turns), or ask for a shorter answer."
+            ) from None
+        raise
+    answer = vlm._answer_text(choice)
+    return text_result(
+        conversation.images[0], "ask", question, answer, vlm.name, None, vlm._prompt_tokens(data)
+    )
