@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from astropy.table import Table
 
-from glue_astrovlm import AstroVLMError, load_model, load_preset
+from glue_astrovlm import AstroVLMError, Conversation, load_model, load_preset
 from glue_astrovlm.cli import main
 from glue_astrovlm.datasets import load_dataset
 from glue_astrovlm.evaluation import evaluate
@@ -178,6 +178,10 @@ def test_family_asks_finetunes_round_trips_and_evaluates(family_dir, name, first
     data = load_dataset(first_subset("train", 1))
     answer = base.ask([data[0].cutout()], "What is in this image?", max_new_tokens=3)[0]
     assert answer.task == "ask" and isinstance(answer.answer, str) and answer.image_tokens > 0
+    conversation = Conversation(data[0].cutout(), title="contract")  # a follow-up keeps the earlier turn
+    first = conversation.ask(base, "Is there a jet?", max_new_tokens=3)
+    second = conversation.ask(base, "Which side is brighter?", max_new_tokens=3)
+    assert (first.turn, second.turn) == (1, 2) and second.image_tokens == first.image_tokens > 0
 
     out = tmp_path / "lora"
     config = FinetuneConfig(
