@@ -69,7 +69,7 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family(
         "SmolVLM",
-        ("idefics3", "smolvlm", "idefics2"),
+        ("idefics3", "smolvlm"),
         "HuggingFaceTB/SmolVLM-256M-Instruct",
         single_tile={"do_image_splitting": False},
         budget="one 512-px tile: 64 image tokens (the default splits a 256-px cutout, upscaled, into 16 "
