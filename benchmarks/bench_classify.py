@@ -588,12 +588,96 @@ def parse_args(argv=None):
                         help="also break ours' time into preprocessing, vision, text prefix and continuations")
     parser.add_argument("--profile-batch-sizes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--profile-images", type=int, default=8)
+    parser.add_argument("--families", nargs="+", default=None, metavar="FAMILY",
+                        help="instead of the baselines: ours on full-size random-weight models of these families "
+                             "(e.g. LLaVA-OneVision Qwen2.5-VL), each in its own process; cutouts/s, peak RSS, "
+                             "image tokens")
+    parser.add_argument("--family-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="log glue_astrovlm's INFO messages")
     return parser.parse_args(argv)
 
 
+# --------------------------------------------------------------------------- families at full size
+#: Parameters (billions) of each family's benchmark model, to check memory before building it.
+FAMILY_PARAMETERS = {"SmolVLM": 0.26, "LLaVA-OneVision": 0.89, "Qwen2.5-VL": 3.75, "LLaVA-1.5": 7.1,
+                     "LLaVA-NeXT": 7.6}
+
+
+def family_model_dir(name: str, dtype: str) -> Path:
+    return DEFAULT_MODEL_DIR.parent / f"{name.lower()}-full-random-seed0-{dtype}"
+
+
+def ensure_family_model(name: str, dtype: str) -> Path:
+    """The full-size random-weight model of family ``name``, built (in a child process) if missing."""
+    folder = family_model_dir(name, dtype)
+    if (folder / "config.json").is_file():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    print(f"Building the full-size {name} (random weights, {dtype}) in {folder} ...", flush=True)
+    code = ("import sys, torch; from glue_astrovlm.testing import build_family; "
+            "build_family(sys.argv[1], sys.argv[2], tiny=False, dtype=getattr(torch, sys.argv[3]))")
+    subprocess.run([sys.executable, "-c", code, name, str(partial), dtype], check=True)
+    partial.rename(folder)
+    return folder
+
+
+def family_child(args) -> dict:
+    """One family in this process: load, classify ``--n`` FIRST cutouts ``--repeats`` times (K=4)."""
+    import glue_astrovlm
+
+    folder = family_model_dir(args.family_child, args.dtype)
+    t0 = time.perf_counter()
+    vlm = glue_astrovlm.load_model(folder, device=args.device, dtype=args.dtype, batch_size=1)
+    load_s = time.perf_counter() - t0
+    cutouts = first_cutouts(args.data_dir, args.n)
+    labels = label_set_for(4)
+    vlm.classify(cutouts[:1], labels)  # warm-up
+    rates, tokens = [], None
+    for _ in range(args.repeats):
+        began = time.perf_counter()
+        results = vlm.classify(cutouts, labels)
+        rates.append(len(cutouts) / (time.perf_counter() - began))
+        tokens = sorted({r.image_tokens for r in results})
+    return {"family": vlm.family.name, "budget": vlm.family.budget, "dtype": str(vlm.dtype).replace("torch.", ""),
+            "parameters_b": round(sum(p.numel() for p in vlm.model.parameters()) / 1e9, 3), "load_s": round(load_s, 1),
+            "cutouts_per_s": round(statistics.median(rates), 3), "rates": [round(r, 3) for r in rates],
+            "image_tokens": tokens, "peak_rss_mb": round(ru_maxrss_mb()), "n": len(cutouts)}
+
+
+def run_families(args) -> dict:
+    """Each family of ``--families`` in a child process of its own, so that peak RSS is the family's."""
+    import psutil
+
+    bytes_per = 2 if args.dtype in ("bfloat16", "float16") else 4
+    report = {"machine": machine_info(), "load_before": os.getloadavg(), "families": []}
+    for name in args.families:
+        need_gb = FAMILY_PARAMETERS.get(name, 1.0) * bytes_per * 2.2  # weights, the build's copy, activations
+        free_gb = psutil.virtual_memory().available / 1024**3
+        if need_gb > free_gb:
+            report["families"].append({"family": name, "skipped": f"needs about {need_gb:.0f} GB, "
+                                                                  f"{free_gb:.0f} GB available"})
+            print(report["families"][-1], flush=True)
+            continue
+        ensure_family_model(name, args.dtype)
+        command = [sys.executable, __file__, "--family-child", name, "--n", str(args.n), "--repeats",
+                   str(args.repeats), "--dtype", args.dtype, "--device", args.device, "--data-dir", str(args.data_dir)]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        report["families"].append(json.loads(out.strip().splitlines()[-1]))
+        print(report["families"][-1], flush=True)
+    report["load_after"] = os.getloadavg()
+    return report
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.family_child:
+        print(json.dumps(family_child(args)))
+        return 0
+    if args.families:
+        report = run_families(args)
+        if args.out is not None:
+            write_json_atomic(args.out, report)
+        return 0
     if args.out is not None and args.out.exists() and not args.overwrite:
         sys.exit(f"{args.out} exists; pass --overwrite to replace it or choose another --out.")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

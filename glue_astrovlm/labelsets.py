@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 from .errors import AstroVLMError
 
 __all__ = ["SUGGESTED", "CUSTOM", "suggest_preset", "menu_choices", "label_set_for", "LabelSet", "list_presets", "load_preset", "resolve_labels",
+           "DescribePreset", "list_describe_presets", "load_describe_preset",
            "classification_prompt"]
 
 DEFAULT_QUESTION = "Which of these classes best describes the object at the centre of this image?"
@@ -85,6 +86,9 @@ class LabelSet:
         Jy/beam), ``'optical colour'`` (colour survey images), ``'optical'``; '' for any.
     why : str
         Why this label set was chosen, when it was suggested rather than asked for; results record it.
+    source : str
+        Where a preset's task comes from (the paper or catalogue, with its citation), so that results
+        can be compared with the published table on the same labels; '' for one's own labels.
     """
 
     labels: tuple[str, ...]
@@ -94,6 +98,7 @@ class LabelSet:
     title: str = ""
     data: str = ""
     why: str = ""
+    source: str = ""
 
     def __post_init__(self):
         labels = tuple(_label_text(label) for label in self.labels)
@@ -214,7 +219,7 @@ class LabelSet:
         question = data.get("question", DEFAULT_QUESTION)
         try:
             return cls(tuple(labels), tuple(descriptions), question, str(data.get("name", name)),
-                       str(data.get("title", "")), str(data.get("data", "")))
+                       str(data.get("title", "")), str(data.get("data", "")), source=str(data.get("source", "")))
         except AstroVLMError as error:
             if not where:
                 raise
@@ -296,6 +301,51 @@ def load_preset(name: str) -> LabelSet:
     return LabelSet.from_mapping(tomllib.loads(files[name].read_text(encoding="utf-8")), name=name)
 
 
+@dataclass(frozen=True)
+class DescribePreset:
+    """A shipped instruction for the ``describe`` task (captioning), named after the paper it follows.
+
+    Attributes
+    ----------
+    name, title : str
+        How to ask for it, and a line for listings.
+    prompt : str
+        The instruction sent with each image (``VLM.describe(images, prompt=...)``).
+    data : str
+        What data it is for (``'radio'``, ``'optical colour'``, ...).
+    source : str
+        The paper whose task it reproduces, with its citation.
+    """
+
+    name: str
+    title: str
+    prompt: str
+    data: str = ""
+    source: str = ""
+    task: str = "describe"
+
+
+def _describe_files() -> dict[str, resources.abc.Traversable]:
+    folder = resources.files("glue_astrovlm") / "presets" / "describe"
+    return {entry.name[:-5]: entry for entry in folder.iterdir() if entry.name.endswith(".toml")}
+
+
+def load_describe_preset(name: str) -> DescribePreset:
+    """A shipped ``describe`` preset by name (see `list_describe_presets`)."""
+    files = _describe_files()
+    if name not in files:
+        raise AstroVLMError(f"Unknown describe preset {name!r}. Available: {', '.join(sorted(files))} "
+                            "(`astrovlm presets` describes them).")
+    data = tomllib.loads(files[name].read_text(encoding="utf-8"))
+    return DescribePreset(str(data.get("name", name)), str(data.get("title", "")), str(data["prompt"]),
+                          str(data.get("data", "")), str(data.get("source", "")))
+
+
+def list_describe_presets() -> list[DescribePreset]:
+    """All ``describe`` presets shipped with glue-astrovlm, sorted by name."""
+    return [load_describe_preset(name) for name in sorted(_describe_files())]
+
+
 def resolve_labels(labels=None, preset: str | None = None, question: str | None = None) -> LabelSet:
     """Turn what a user passed into a `LabelSet`.
 
@@ -363,6 +413,10 @@ def label_set_for(choice: str, custom: str = "", source=None) -> LabelSet:
     return resolve_labels(preset=choice)
 
 
+#: The preset suggested for each kind of data: the general one, not a paper's narrower task.
+_SUGGESTED_FOR = {"radio": "radio-morphology", "optical colour": "galaxy-zoo"}
+
+
 def suggest_preset(source) -> LabelSet | None:
     """A shipped label set that fits what the data say, with the reason in its ``why``; `None` when the
     data say nothing (then ask: a label set that has nothing to do with the data is worse than none).
@@ -378,5 +432,5 @@ def suggest_preset(source) -> LabelSet | None:
         kind, why = "optical colour", "suggested because the image is in colour"
     else:
         return None
-    preset = next((p for p in list_presets() if p.data == kind), None)
-    return replace(preset, why=why) if preset is not None else None
+    preset = load_preset(_SUGGESTED_FOR[kind])
+    return replace(preset, why=why)

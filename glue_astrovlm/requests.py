@@ -110,7 +110,8 @@ class Request:
         pixels as they are for a rendered picture (`glue_astrovlm.stretch.stretch_for`).
     task : {'classify', 'ask', 'describe'}
     labels, preset, question
-        The label set (or preset name) and question of ``classify``; the question of ``ask``.
+        The label set (or preset name) and question of ``classify``; the question of ``ask``; the
+        instruction of ``describe`` (default: its built-in caption request).
     follow_ups : tuple of str
         Further questions of ``ask``: each cutout gets one conversation (`glue_astrovlm.Conversation`)
         of ``question`` and these, and every turn is a result.

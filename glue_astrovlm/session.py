@@ -239,6 +239,8 @@ class VLMSession:
                                  max_new_tokens=request.max_new_tokens, **options)
         if request.task == "ask":
             return vlm.ask(cutouts, request.question, max_new_tokens=request.max_new_tokens, **options)
+        if request.question:  # a describe preset's instruction (e.g. AstroLLaVA's captioning)
+            options["prompt"] = request.question
         return vlm.describe(cutouts, max_new_tokens=request.max_new_tokens, **options)
 
     def converse(self, question: str, *, conversation=None, request=None, max_new_tokens: int | None = None):

@@ -16,7 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["SHARED_SMOLVLM_CONFIG", "build_smolvlm", "build_llava"]
+__all__ = ["SHARED_SMOLVLM_CONFIG", "SHARED_MODELS", "FAMILY_CONFIGS", "build_smolvlm", "build_llava",
+           "build_family"]
 
 #: Where the real SmolVLM-256M-Instruct configuration (no weights) lives in a development checkout.
 SHARED_SMOLVLM_CONFIG = Path(
@@ -25,6 +26,19 @@ SHARED_SMOLVLM_CONFIG = Path(
         Path(__file__).resolve().parents[1].parent / "shared" / "models" / "SmolVLM-256M-Instruct",
     )
 )
+
+#: Where the real configurations of every family (no weights) live in a development checkout.
+SHARED_MODELS = Path(os.environ.get("ASTROVLM_SHARED_MODELS", SHARED_SMOLVLM_CONFIG.parent))
+
+#: Family name -> the folder of ``SHARED_MODELS`` holding its real configuration, tokenizer,
+#: processor and chat template.
+FAMILY_CONFIGS = {
+    "SmolVLM": "SmolVLM-256M-Instruct",
+    "LLaVA-1.5": "llava-1.5-7b-hf",
+    "LLaVA-NeXT": "llava-v1.6-mistral-7b-hf",
+    "LLaVA-OneVision": "llava-onevision-qwen2-0.5b-ov-hf",
+    "Qwen2.5-VL": "Qwen2.5-VL-3B-Instruct",
+}
 
 _TINY_TEXT = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -124,4 +138,82 @@ def build_llava(out_dir: str | os.PathLike, *, seed: int = 0,
                                num_additional_image_tokens=1)
     processor.save_pretrained(out_dir)
     (out_dir / "astrovlm_built.json").write_text(json.dumps({"random_weights": True, "seed": seed}))
+    return out_dir
+
+
+#: Shrunk vision towers per ``vision_config.model_type``: few layers, narrow, but the real image
+#: size and patch size, so that a cutout costs the real number of image tokens.
+_TINY_VISION_TOWERS = {
+    "clip_vision_model": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, projection_dim=32),
+    "siglip_vision_model": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2),
+    "qwen2_5_vl_vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                              fullatt_block_indexes=[1]),
+}
+
+
+def _shrink(config) -> None:
+    """Shrink a VLM configuration in place: 2 narrow text layers and a small vision tower."""
+    text = config.text_config
+    for key, value in _TINY_TEXT.items():
+        setattr(text, key, value)
+    if getattr(text, "layer_types", None) is not None:  # one entry per layer (Qwen2: sliding or full)
+        text.layer_types = list(text.layer_types[:text.num_hidden_layers])
+    if hasattr(text, "max_window_layers"):
+        text.max_window_layers = text.num_hidden_layers
+    rope = getattr(text, "rope_parameters", None) or {}
+    if "mrope_section" in rope:  # M-RoPE splits head_dim / 2 frequencies into (time, row, column)
+        text.rope_parameters = {**rope, "mrope_section": [2, 3, 3]}
+    vision = config.vision_config
+    for key, value in _TINY_VISION_TOWERS.get(vision.model_type, _TINY_VISION).items():
+        setattr(vision, key, value)
+
+
+def build_family(name: str, out_dir: str | os.PathLike, *, tiny: bool = True, seed: int = 0,
+                 config_dir: str | os.PathLike | None = None, dtype=None) -> Path:
+    """Save a model of family ``name`` with random weights and its real processor files.
+
+    Parameters
+    ----------
+    name : str
+        A family of `~glue_astrovlm.models.families.FAMILIES` (``'LLaVA-OneVision'``, ``'Qwen2.5-VL'``, ...),
+        or its configuration folder's name in `SHARED_MODELS` (``'llava-onevision-qwen2-0.5b-ov-hf'``).
+    out_dir : path-like
+        Directory to write ``config.json``, ``model.safetensors`` and the processor files into.
+    tiny : bool, optional
+        Shrink the language model to 2 layers of width 64 and the vision tower to 1-2 narrow layers
+        (the real tokenizer, vocabulary, image size, processor and chat template stay). `False` keeps
+        the real sizes (for benchmarks).
+    seed : int, optional
+        Seed for the random initialisation.
+    config_dir : path-like, optional
+        The real configuration folder; defaults to the family's folder in `SHARED_MODELS`.
+    dtype : torch.dtype, optional
+        Precision of the saved weights (default float32; bfloat16 halves a full-size model's files).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``, ready for :func:`glue_astrovlm.load_model`.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from .models.families import family_named
+
+    by_folder = {folder: family for family, folder in FAMILY_CONFIGS.items()}
+    family = family_named(by_folder.get(name, name))
+    config_dir = Path(config_dir or SHARED_MODELS / FAMILY_CONFIGS[family.name])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(config_dir)
+    if tiny:
+        _shrink(config)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=dtype or torch.float32).eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    _copy_processor_files(config_dir, out_dir)
+    (out_dir / "astrovlm_built.json").write_text(json.dumps({"random_weights": True, "seed": seed,
+                                                             "family": family.name, "tiny": tiny}))
     return out_dir

@@ -49,12 +49,6 @@ def _smolvlm(out: Path) -> Path:
     return build_smolvlm(out)
 
 
-def _llava(out: Path) -> Path:
-    from glue_astrovlm.testing import build_llava
-
-    return build_llava(out)
-
-
 def _family(name: str):
     """A builder from ``glue_astrovlm.testing.build_family(name, out_dir)`` once it exists (None until
     then); ``name`` is the configuration folder's name in ``../shared/models``."""
@@ -68,10 +62,10 @@ def _family(name: str):
 
 #: Hub ids the docs may use, and how to build a tiny random-weight stand-in for each. `None` means
 #: not built yet: a snippet naming such an id is skipped with the reason (extend the table instead).
-#: LLaVA-1.5 is `build_llava`'s model: its architecture, with SmolVLM's tokenizer and a 64-px CLIP processor.
+#: The LLaVA-1.5 stand-in keeps the real llava-hf tokenizer, 336-px processor and chat template.
 HUB_MODELS = {
     "HuggingFaceTB/SmolVLM-256M-Instruct": lambda: _smolvlm,
-    "llava-hf/llava-1.5-7b-hf": lambda: _llava,
+    "llava-hf/llava-1.5-7b-hf": lambda: _family("llava-1.5-7b-hf"),
     "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": lambda: _family("llava-onevision-qwen2-0.5b-ov-hf"),
     "llava-hf/llava-v1.6-mistral-7b-hf": lambda: _family("llava-v1.6-mistral-7b-hf"),
     "Qwen/Qwen2.5-VL-3B-Instruct": lambda: _family("Qwen2.5-VL-3B-Instruct"),

@@ -160,3 +160,23 @@ def test_a_label_set_is_suggested_only_from_what_the_data_say(fits_dir, shared_d
         label_set_for(SUGGESTED, source=horsehead)
     assert label_set_for("spiral").name == "spiral" and label_set_for(CUSTOM, "star, galaxy").labels == ("star", "galaxy")
     assert menu_choices()[0] == SUGGESTED and menu_choices()[-1] == CUSTOM
+
+
+def test_paper_presets_name_their_source_and_data():
+    """Each preset taken from a paper says which (with its citation) and what data it expects."""
+    from glue_astrovlm.labelsets import list_describe_presets, load_describe_preset
+
+    for name, cited in [("radio-llava-morphology", "arXiv:2503.23859"), ("radio-llava-extended", "arXiv:2503.23859"),
+                        ("radio-llava-artefact", "arXiv:2503.23859"), ("galaxy10-decals", "arXiv:2406.17057"),
+                        ("lsb-artefact", "arXiv:2406.17057")]:
+        preset = load_preset(name)
+        assert cited in preset.source and preset.data
+    galaxy10 = load_preset("galaxy10-decals")
+    assert len(galaxy10) == 10 and all(galaxy10.descriptions)
+    for description in galaxy10.descriptions:  # the class descriptions go into the prompt
+        assert description in galaxy10.prompt()
+    caption = load_describe_preset("astrollava-caption")
+    assert caption.task == "describe" and "arXiv:2504.08583" in caption.source and caption.prompt
+    assert [p.name for p in list_describe_presets()] == ["astrollava-caption"]
+    with pytest.raises(AstroVLMError, match="astrollava-caption"):
+        load_describe_preset("astrollava")

@@ -54,13 +54,27 @@ def _restore(environment: dict) -> None:
             os.environ[name] = value
 
 
+#: What each preset's ``data`` means, for `astrovlm presets`.
+_DATA = {"radio": "radio continuum images (e.g. FIRST, EMU, LoTSS; Jy/beam)",
+         "optical colour": "optical colour composites (e.g. SDSS, DECaLS gri/grz)",
+         "optical": "optical images, one band or colour"}
+
+
 def _command_presets() -> int:
-    from ..labelsets import list_presets
+    from ..labelsets import list_describe_presets, list_presets
 
     for preset in list_presets():
         print(f"{preset.name}: {preset.title}")
+        print(f"    data: {_DATA.get(preset.data, preset.data or 'any image')}")
+        if preset.source:
+            print(f"    source: {preset.source}")
         for label, description in zip(preset.labels, preset.descriptions):
             print(f"    {label:<26} {description}")
+    for preset in list_describe_presets():
+        print(f"{preset.name}: {preset.title} (astrovlm describe --preset {preset.name})")
+        print(f"    data: {_DATA.get(preset.data, preset.data or 'any image')}")
+        print(f"    source: {preset.source}")
+        print(f"    prompt: {preset.prompt}")
     return 0
 
 

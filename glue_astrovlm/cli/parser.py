@@ -241,6 +241,8 @@ def _add_task_parsers(sub) -> None:
     describe = sub.add_parser("describe", help="caption each cutout")
     _add_source_options(describe)
     describe.add_argument("--max-new-tokens", type=positive_int, default=128)
+    describe.add_argument("--preset", help="a shipped describe instruction, e.g. astrollava-caption (see "
+                          "`astrovlm presets`)")
     _add_model_options(describe)
     _add_output_options(describe)
 

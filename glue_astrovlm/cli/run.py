@@ -125,6 +125,11 @@ def request_from_args(args, labels=None):
         questions = _questions(args)
         task = dict(task="ask", question=questions[0], follow_ups=tuple(questions[1:]),
                     max_new_tokens=args.max_new_tokens)
+    elif args.command == "describe" and getattr(args, "preset", None):
+        from ..labelsets import load_describe_preset
+
+        task = dict(task="describe", question=load_describe_preset(args.preset).prompt,
+                    max_new_tokens=args.max_new_tokens)
     else:
         task = dict(task=args.command, max_new_tokens=args.max_new_tokens)
     size = args.size if args.size is not None else (None if args.regions else DEFAULT_SIZE)

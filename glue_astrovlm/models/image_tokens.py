@@ -1,29 +1,18 @@
-"""How many image tokens a cutout costs: a deliberate, per-model choice.
+"""How many image tokens a cutout costs: a deliberate, per-family choice.
 
 A VLM's default processor is tuned for photographs and documents. SmolVLM's splits a 256-px cutout,
 upscaled to 2048 px, into 16 tiles plus a global view: about 1,150 image tokens, 15x the cost of one
 512-px tile (64 tokens). A survey cutout has no fine print to read, so glue-astrovlm sends one tile
-by default and logs the token count of every run. ``tiling='default'`` restores the processor's own
-behaviour.
+by default and logs the token count of every run; each result records its image tokens. Each family's
+choice and its reason are in `~glue_astrovlm.models.families.FAMILIES` (``budget``).
+``tiling='default'`` restores the processor's own behaviour.
 """
 
 from __future__ import annotations
 
-__all__ = ["TILING_CHOICES", "processor_kwargs_for"]
+__all__ = ["TILING_CHOICES", "processor_kwargs_for", "restrict_tile_grid"]
 
 TILING_CHOICES = ("single", "default")
-
-#: model_type -> processor keyword arguments for ``tiling='single'``.
-_SINGLE_TILE = {
-    "idefics3": {"do_image_splitting": False},   # SmolVLM: one 512-px tile, 64 tokens (256M/500M)
-    "smolvlm": {"do_image_splitting": False},
-    "idefics2": {"do_image_splitting": False},
-    # Qwen2/2.5/3-VL: dynamic resolution; cap at 448x448 px = 256 tokens after the 2x2 merge.
-    "qwen2_vl": {"max_pixels": 448 * 448, "min_pixels": 224 * 224},
-    "qwen2_5_vl": {"max_pixels": 448 * 448, "min_pixels": 224 * 224},
-    "qwen3_vl": {"max_pixels": 448 * 448, "min_pixels": 224 * 224},
-}
-
 
 #: model types whose single tile is first upscaled to ``size['longest_edge']`` (2048 px for SmolVLM)
 #: and then resized again to the tile: asking for the tile size directly gives the same tile
@@ -48,13 +37,35 @@ def processor_kwargs_for(model_type: str, tiling: str = "single", overrides: dic
         The model's processor, for settings that depend on it (SmolVLM's tile size).
     """
     from ..errors import AstroVLMError
+    from .families import FAMILIES
 
     if tiling not in TILING_CHOICES:
         raise AstroVLMError(f"Unknown tiling {tiling!r}; use one of {', '.join(TILING_CHOICES)}.")
-    kwargs = dict(_SINGLE_TILE.get(model_type, {})) if tiling == "single" else {}
+    single = next((f.single_tile for f in FAMILIES if model_type in f.model_types), {})
+    kwargs = dict(single) if tiling == "single" else {}
     if tiling == "single" and model_type in _RESIZE_TO_TILE:
-        tile = (getattr(getattr(processor, "image_processor", None), "max_image_size", None) or {}).get("longest_edge")
+        image_processor = getattr(processor, "image_processor", None)
+        tile = (getattr(image_processor, "max_image_size", None) or {}).get("longest_edge")
         if tile:
             kwargs["size"] = {"longest_edge": int(tile)}
     kwargs.update(overrides or {})
     return kwargs
+
+
+def restrict_tile_grid(family, model, processor, tiling: str = "single") -> None:
+    """For an any-resolution LLaVA with ``tiling='single'``: allow only the family's tile grid.
+
+    The image processor picks the grid a cutout is tiled into, and the model unpacks the image
+    features with its own copy of the grid list: both are set, so that they agree.
+    """
+    if tiling != "single" or family.tile_grid is None:
+        return
+    grid = [list(size) for size in family.tile_grid]
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and hasattr(image_processor, "image_grid_pinpoints"):
+        image_processor.image_grid_pinpoints = grid
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for config in {id(c): c for c in (base.config, getattr(getattr(base, "model", None), "config", None))
+                   if c is not None}.values():
+        if hasattr(config, "image_grid_pinpoints"):
+            config.image_grid_pinpoints = grid

@@ -188,14 +188,12 @@ def _check_vocabulary(processor, config, spec: str, path: Path) -> None:
                         f"{vocab:,}: {what}. Copy every file of the model, not only its weights: {fix}.")
 
 
-def _load_processor(source: str, spec: str, path: Path, trust_remote_code: bool, local_only: bool):
-    from transformers import AutoProcessor
-
+def _load_processor(source: str, spec: str, path: Path, trust_remote_code: bool, local_only: bool, family):
+    from .families import build_processor
     from .model_files import MODEL_REFETCH, missing_processor_files
 
     try:
-        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                             local_files_only=local_only)
+        return build_processor(family, source, trust_remote_code=trust_remote_code, local_only=local_only)
     except (OSError, ValueError, TypeError, KeyError) as error:
         if not path.is_dir():
             if isinstance(error, OSError):
@@ -263,7 +261,8 @@ def _load_weights(source: str, spec: str, path: Path, torch_dtype, trust_remote_
 
 
 def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_kwargs, trust_remote_code):
-    from .image_tokens import TILING_CHOICES, processor_kwargs_for
+    from .families import family_for
+    from .image_tokens import TILING_CHOICES, processor_kwargs_for, restrict_tile_grid
     from .model_files import check_adapter_folder, check_model_folder, check_model_weights
 
     path = Path(spec).expanduser()
@@ -284,11 +283,12 @@ def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_k
 
     device = pick_device(device)
     config, source, local_only = _read_local_config(spec, path, trust_remote_code)
+    family = family_for(config, str(path) if path.is_dir() else spec)
     if path.is_dir():
         check_model_weights(path)  # truncated, missing or pickled weights: before anything loads
     hidden = getattr(getattr(config, "text_config", config), "hidden_size", 576)
     torch_dtype = pick_dtype(device, dtype, hidden, config=config)
-    processor = _load_processor(source, spec, path, trust_remote_code, local_only)
+    processor = _load_processor(source, spec, path, trust_remote_code, local_only, family)
     _check_vocabulary(processor, config, spec, path)
     model = _load_weights(source, spec, path, torch_dtype, trust_remote_code, local_only)
     if getattr(processor, "chat_template", None) is None:
@@ -297,15 +297,18 @@ def _load_local(spec, *, device, dtype, adapter, batch_size, tiling, processor_k
     model.to(device).eval()
     from .local import LocalVLM
 
+    restrict_tile_grid(family, model, processor, tiling)
     kwargs = processor_kwargs_for(config.model_type, tiling, processor_kwargs, processor=processor)
     vlm = LocalVLM(model, processor, spec, device=device, dtype=torch_dtype,
                    batch_size=batch_size or (16 if device != "cpu" else 1), processor_kwargs=kwargs)
+    vlm.family = family
     if path.is_dir():
         record = read_finetune_record(path)  # a model written by `astrovlm finetune --method full`
         if record is not None:
             vlm._records[None] = record
-    log.info("Loaded %s (%s) on %s as %s; processor %s", spec, config.model_type, device,
-             str(torch_dtype).replace("torch.", ""), kwargs or "defaults")
+    log.info("Loaded %s (%s, %s family) on %s as %s; processor %s; token budget: %s", spec, config.model_type,
+             family.name, device, str(torch_dtype).replace("torch.", ""), kwargs or "defaults",
+             family.budget if tiling == "single" else "the processor's own tiling")
     if adapter is not None:
         adapters = adapter if isinstance(adapter, dict) else {None: adapter}
         first = None

@@ -124,6 +124,7 @@ class LocalVLM(VLM):
         self._continuation_cache: dict[tuple, list[list[int]]] = {}
         self._control_token_list: list[str] | None = None  # see _control_tokens
         self.last_image_tokens: int | None = None
+        self.family = None  # the `~glue_astrovlm.models.families.Family`, set by load_model
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -365,12 +366,20 @@ class LocalVLM(VLM):
                 ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
                 if not ids:
                     raise AstroVLMError(f"The label {label!r} encodes to no tokens for this model.")
+                ids += self._answer_end(ids)
                 continuations.append(ids)
             if len({tuple(c) for c in continuations}) != len(continuations):
                 raise AstroVLMError(f"Labels {list(label_set.labels)} are not distinguishable after tokenization.")
             log.debug("Prefix %d text tokens; label continuations %s", len(prefix_ids), continuations)
             self._continuation_cache[key] = continuations
         return self._continuation_cache[key]
+
+    def _answer_end(self, ids: list[int]) -> list[int]:
+        """The end-of-sequence token, for chat templates that end an answer without a special token
+        (LLaVA-1.5's ends it with a space): a label is then still scored as a whole answer."""
+        eos = self.tokenizer.eos_token_id
+        special = set(getattr(self.tokenizer, "all_special_ids", None) or ())
+        return [eos] if eos is not None and ids[-1] not in special else []
 
     # ------------------------------------------------------------------ batching
     def _run_batches(self, images: Sequence[ModelImage], run_batch, progress, cancel, what: str) -> list:

@@ -10,8 +10,9 @@ token sequence of the assistant's answer ``k`` up to and including its end-of-tu
 
 The prefix is run once per image with the KV cache on; all K continuations of an image are then
 scored in one more forward pass, as one sequence with a tree-shaped attention mask (each label's
-tokens see the prefix and their own earlier tokens only). `score_labels_bruteforce` is the plain reference: one full forward pass per
-label.
+tokens see the prefix and their own earlier tokens only), at the positions that continue the prefix
+(3-D M-RoPE positions for Qwen2-VL/2.5-VL, see `positions`). `score_labels_bruteforce` is the plain
+reference: one full forward pass per label.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .compat import cache_keyword, returned_cache
+from .positions import continuation_position_ids, extend_token_inputs
 
 __all__ = ["score_labels_cached", "score_labels_bruteforce", "continuation_logprobs"]
 
@@ -66,11 +68,6 @@ def continuation_logprobs(first_logits, cont_logits, continuations: Sequence[Seq
     return total.reshape(n)
 
 
-#: Models whose rotary positions are 3-D (multimodal RoPE): continuations are scored with the repeated
-#: cache there, since explicit 1-D position ids would be wrong for them.
-_MROPE_MODELS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"}
-
-
 def _tree_inputs(continuations: Sequence[Sequence[int]], prefix_len: int):
     """All continuations (minus their last token) as one sequence, with each token's position and a
     mask letting it see the prefix and the earlier tokens of its own continuation only."""
@@ -107,7 +104,7 @@ def score_labels_cached(model, prefix_inputs: dict, continuations: Sequence[Sequ
     continuations : list of list of int
         The K label continuations (token ids), shared by all prefixes.
     pad_id : int
-        Token used to right-pad continuations where the cache is repeated instead (multimodal-RoPE models).
+        The pad token (unused: continuations are never padded); kept for callers.
 
     Returns
     -------
@@ -116,9 +113,6 @@ def score_labels_cached(model, prefix_inputs: dict, continuations: Sequence[Sequ
     """
     import torch
 
-    model_type = getattr(model.config, "model_type", "")
-    if model_type in _MROPE_MODELS:
-        return _score_repeated_cache(model, prefix_inputs, continuations, pad_id)
     with torch.inference_mode():
         out = model(**prefix_inputs, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
@@ -133,7 +127,7 @@ def score_labels_cached(model, prefix_inputs: dict, continuations: Sequence[Sequ
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         mask = mask.to(device)[None, None].expand(batch, 1, *allowed.shape)
         ids = torch.tensor(tokens, device=device)[None].expand(batch, -1)
-        position_ids = torch.tensor(positions, device=device)[None].expand(batch, -1)
+        position_ids = continuation_position_ids(model, prefix_inputs, positions).to(device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
                        **{cache_keyword(model): returned_cache(out)}).logits
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
@@ -143,31 +137,6 @@ def score_labels_cached(model, prefix_inputs: dict, continuations: Sequence[Sequ
         owner_t = torch.tensor(owner, device=device)
         scores = scores.index_add(1, owner_t, token_logp)
     return scores
-
-
-def _score_repeated_cache(model, prefix_inputs: dict, continuations: Sequence[Sequence[int]], pad_id: int):
-    """`score_labels_cached` for models with 3-D rotary positions: the prefix cache is repeated K
-    times and the right-padded continuations run as a batch of B*K rows."""
-    import torch
-
-    k = len(continuations)
-    with torch.inference_mode():
-        out = model(**prefix_inputs, use_cache=True, logits_to_keep=1)
-        first = out.logits[:, -1]  # (B, V)
-        batch = first.shape[0]
-        prefix_len = prefix_inputs["input_ids"].shape[1]
-        first = first.repeat_interleave(k, dim=0)  # row b*K + k
-        longest = max(len(c) for c in continuations)
-        cont_logits = None
-        if longest > 1:
-            cache = returned_cache(out)
-            cache.batch_repeat_interleave(k)
-            ids = _pad(continuations, pad_id)[:, : longest - 1].repeat(batch, 1).to(first.device)
-            attention = torch.ones(batch * k, prefix_len + ids.shape[1], dtype=torch.long, device=first.device)
-            cont_logits = model(input_ids=ids, attention_mask=attention, use_cache=True,
-                                **{cache_keyword(model): cache}).logits
-        scores = continuation_logprobs(first, cont_logits, list(continuations) * batch)
-    return scores.reshape(batch, k)
 
 
 def score_labels_bruteforce(model, prefix_inputs: dict, continuations: Sequence[Sequence[int]]):
@@ -188,13 +157,13 @@ def score_labels_bruteforce(model, prefix_inputs: dict, continuations: Sequence[
                       for key, value in prefix_inputs.items()}
             for cont in continuations:
                 cont_ids = torch.as_tensor([cont], dtype=torch.long, device=ids.device)
-                full = dict(single)
+                full = extend_token_inputs(single, len(cont))
                 full["input_ids"] = torch.cat([single["input_ids"], cont_ids], dim=1)
                 if "attention_mask" in single:
                     full["attention_mask"] = torch.ones_like(full["input_ids"])
-                logits = model(**full, use_cache=False).logits[0]
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                positions = torch.arange(prefix_len - 1, prefix_len - 1 + len(cont), device=ids.device)
-                row.append(logp[positions, cont_ids[0]].sum())
+                # only the logits that predict the label's tokens (the last len(cont) + 1 positions)
+                logits = model(**full, use_cache=False, logits_to_keep=len(cont) + 1).logits[0]
+                logp = torch.log_softmax(logits[: len(cont)].float(), dim=-1)
+                row.append(logp[torch.arange(len(cont), device=ids.device), cont_ids[0]].sum())
             rows.append(torch.stack(row))
     return torch.stack(rows)

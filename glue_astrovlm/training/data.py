@@ -124,8 +124,16 @@ def encode_classification(vlm, image, label_set: LabelSet, label: str, max_lengt
 def _finish(ids: list[int], labels: list[int], extra: dict, max_length: int | None) -> dict:
     import torch
 
+    from ..models.positions import TOKEN_ALIGNED
+
+    for key in TOKEN_ALIGNED:  # one value per token (Qwen2.5-VL's mm_token_type_ids): 0 (text) for answers
+        value = extra.get(key)
+        if value is not None and value.shape[-1] < len(ids):
+            pad = torch.zeros(*value.shape[:-1], len(ids) - value.shape[-1], dtype=value.dtype)
+            extra[key] = torch.cat([value, pad], dim=-1)
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
+        extra = {key: value[..., :max_length] if key in TOKEN_ALIGNED else value for key, value in extra.items()}
         if all(label == IGNORE_INDEX for label in labels):  # the image and prompt alone fill max_length
             raise AstroVLMError(f"max_length={max_length} cuts off every answer token; raise --max-length.")
     example = {"input_ids": torch.tensor(ids, dtype=torch.long),

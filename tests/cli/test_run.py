@@ -25,6 +25,23 @@ def test_presets_lists_every_shipped_label_set(capsys):
     for name in ("radio-morphology", "radio-source-type", "galaxy10-decals", "galaxy-zoo", "lsb-artefact"):
         assert name in out
     assert "FRII" in out
+    assert "source: radio-llava extended-source detection task" in out  # where each paper preset comes from
+    assert "data: radio continuum images" in out and "data: optical colour composites" in out
+    assert "astrollava-caption" in out and "astrovlm describe --preset astrollava-caption" in out
+
+
+def test_describe_preset_sends_the_papers_instruction(capsys, fits_dir, tiny_smolvlm_dir, tmp_path):
+    import hashlib
+
+    from glue_astrovlm.labelsets import load_describe_preset
+
+    status, _, err = run(capsys, "describe", fits_dir / "HorseHead.fits", "--preset", "astrollava-caption",
+                         "--pixel", "400", "400", "--size", "64", "--max-new-tokens", "2", "--model",
+                         tiny_smolvlm_dir, "--dtype", "float32", "--out", tmp_path / "cap")
+    assert status == 0, err
+    row = Table.read(tmp_path / "cap.ecsv")[0]
+    prompt = load_describe_preset("astrollava-caption").prompt
+    assert row["task"] == "describe" and row["prompt_hash"] == hashlib.sha256(prompt.encode()).hexdigest()[:12]
 
 
 def test_classify_at_a_sky_position_writes_table_and_regions(capsys, fits_dir, tiny_smolvlm_dir, tmp_path):

@@ -284,20 +284,6 @@ def test_unknown_model_without_network_fails_fast(monkeypatch, tmp_path):
     assert time.perf_counter() - start < 5
 
 
-def test_repeated_cache_scoring_for_multimodal_rope_models_equals_bruteforce(tiny_smolvlm, images):
-    """The fallback used for Qwen-VL-style 3-D positions agrees with the plain computation too."""
-    from glue_astrovlm.models.scoring import _score_repeated_cache
-
-    labels = load_preset("galaxy10-decals")
-    continuations = tiny_smolvlm.label_continuations(labels)
-    inputs = tiny_smolvlm._encode(as_model_images(images[:2]), tiny_smolvlm.prompt_text(labels.prompt()))
-    repeated = _score_repeated_cache(tiny_smolvlm.model, inputs, continuations, 2).softmax(-1).numpy()
-    for row in range(2):
-        single = {key: value[row:row + 1] for key, value in inputs.items()}
-        reference = score_labels_bruteforce(tiny_smolvlm.model, single, continuations).softmax(-1)[0].numpy()
-        np.testing.assert_allclose(repeated[row], reference, atol=1e-4)
-
-
 # ---------------------------------------------------------------- bad inputs (issue 9)
 @pytest.fixture
 def forward_calls(tiny_smolvlm):
