@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AstroVLMError
 
-__all__ = ["Family", "FAMILIES", "family_for", "family_named", "build_processor"]
+__all__ = ["Family", "FAMILIES", "family_for", "family_named", "build_processor", "check_model_type"]
 
 #: Linear layers of the language model that LoRA adapts by default (attention and MLP); the same
 #: names in Llama (LLaVA-1.5, SmolVLM), Mistral (LLaVA-NeXT) and Qwen2 (LLaVA-OneVision, Qwen2.5-VL).
@@ -137,11 +137,26 @@ def family_for(config, where: str = "this model") -> Family:
     for family in FAMILIES:
         if model_type in family.model_types:
             return family
+    raise unknown_family(model_type, where)
+
+
+def unknown_family(model_type: str | None, where: str = "this model") -> AstroVLMError:
+    """The error for a model type outside the known families: it names them, and for an original
+    (non-llava-hf) LLaVA checkpoint says how to convert it."""
     known = "; ".join(f"{f.name} ({', '.join(f.model_types)}), e.g. {f.example}" for f in FAMILIES)
-    raise AstroVLMError(
-        f"{where} is a {model_type or 'model without a model_type'!r} model, which glue-astrovlm "
-        f"does not support yet. It loads these families (config.json model_type): {known}."
-    )
+    message = (f"{where} is a {model_type or 'model without a model_type'!r} model, which glue-astrovlm "
+               f"does not support yet. It loads these families (config.json model_type): {known}.")
+    if model_type and model_type.startswith("llava_"):
+        message += (" This looks like an original LLaVA checkpoint: convert it with transformers' "
+                    "convert_llava_weights_to_hf (or convert_llava_onevision_weights_to_hf) script, save it "
+                    "as safetensors and load the converted folder (docs/models.md).")
+    return AstroVLMError(message)
+
+
+def check_model_type(model_type: str | None, where: str = "this model") -> None:
+    """Refuse a configuration's raw ``model_type`` before transformers builds (or fails to build) it."""
+    if not any(model_type in family.model_types for family in FAMILIES):
+        raise unknown_family(model_type, where)
 
 
 def _optional_json(source: str, name: str, local_only: bool) -> dict | None:

@@ -42,8 +42,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _read_config(source: str, trust_remote_code: bool, local_files_only: bool):
-    from transformers import AutoConfig
+    from transformers import AutoConfig, PretrainedConfig
 
+    from .families import check_model_type
+
+    # the raw model_type first: transformers would otherwise fail on an unknown or half-known type with
+    # its own advice (upgrade transformers, a missing attribute) instead of naming the families we load
+    raw, _ = PretrainedConfig.get_config_dict(source, local_files_only=local_files_only)
+    check_model_type(raw.get("model_type"), source)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
                                           local_files_only=local_files_only)

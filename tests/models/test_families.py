@@ -161,6 +161,19 @@ def test_unknown_family_names_the_known_ones(tmp_path):
         assert family.name in str(caught.value)
 
 
+@pytest.mark.parametrize("model_type", ["paligemma", "llava_llama", "foo_bar"])
+def test_a_type_transformers_cannot_build_is_refused_with_the_families(tmp_path, model_type):
+    """Types transformers does not know, or cannot build from this config, get our message, not its advice
+    (a missing attribute, 'install transformers from git')."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 16}))
+    with pytest.raises(AstroVLMError, match=f"'{model_type}' model") as caught:
+        load_model(tmp_path)
+    assert all(family.name in str(caught.value) for family in FAMILIES)
+    assert ("convert_llava_weights_to_hf" in str(caught.value)) == model_type.startswith("llava_")
+
+
 def test_family_is_picked_from_config_not_name(family_dir, tmp_path):
     """A fine-tune saved under any folder name loads as its family."""
     import shutil
