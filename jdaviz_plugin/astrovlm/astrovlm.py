@@ -239,6 +239,13 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
             self._vlm_session.adapter = self.adapter.strip() or None
             self._show_model_status()
 
+    @observe('plugin_opened')
+    def _warm_up_when_opened(self, event={}):
+        """The first time the plugin is opened: import torch (its one unavoidable pause) and load a model
+        that is already on this machine, while the user is still choosing; nothing is downloaded."""
+        if self.plugin_opened and not getattr(self, '_warm_up', None):
+            self._warm_up = self.vlm_session.warm_up(preload=True)
+
     def _show_model_status(self):
         session = self._vlm_session
         if session is None or not session.is_loaded:

@@ -516,3 +516,22 @@ def test_a_jpeg_reaches_the_model_as_jdaviz_shows_it(shared_data):
     np.testing.assert_array_equal(inside, shown[ys, xs])  # the pixels jdaviz holds
     levels = np.asarray(cutout.to_image())[::-1, :, 0][ys.start - ymin:ys.stop - ymin, xs.start - xmin:xs.stop - xmin]
     np.testing.assert_array_equal(levels, np.round(shown[ys, xs] * 255))  # shown as they are: level = value x 255
+
+
+def test_opening_the_plugin_loads_a_model_on_this_machine_ahead(fits_dir, tiny_smolvlm_dir, monkeypatch):
+    from glue_astrovlm.models import loading
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app = jdaviz.App()
+        app.load(str(fits_dir / HORSEHEAD), format="Image", extension=0)
+    plg = jdaviz_plugin.add_to(app)
+    plg.model = str(tiny_smolvlm_dir)
+    plg.vlm_session.load_options = {"dtype": "float32"}
+    assert not plg.vlm_session.is_loaded
+    plg._obj.plugin_opened = True  # what jdaviz sets when the user opens it in the tray
+    plg._obj._warm_up.result(timeout=300)
+    assert plg.vlm_session.is_loaded
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the first run loaded the model again"))
+    plg.send = "Viewer area"
+    assert plg.classify(["star", "nebula"]).label in ("star", "nebula")
