@@ -66,12 +66,16 @@ def _register_jdaviz_plugin() -> None:
 
 
 def setup():
-    """Register the AstroVLM menu entry and the subset right-click actions with glue-qt, and the
-    AstroVLM tray plugin with jdaviz when jdaviz is running."""
+    """Register the AstroVLM menu entry and the subset right-click actions with glue-qt, the AstroVLM
+    tray plugin with jdaviz when jdaviz is running, and a reader for FITS files whose header glue's
+    own reader refuses (the FIRST survey's)."""
     global _registered
     _register_jdaviz_plugin()
     if _registered:
         return
+    from .glue_bridge.fits_loader import register
+
+    register()  # FITS files whose header glue's own reader refuses (every FIRST image)
     try:
         from glue_qt.config import layer_action, menubar_plugin
     except ImportError:  # glue without its Qt front end (e.g. glue-jupyter or jdaviz only)
