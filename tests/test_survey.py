@@ -238,3 +238,18 @@ def test_ask_runs_over_a_survey_catalogue(survey, tiny_smolvlm, tmp_path):
     assert not [c for c in answers.colnames if c.startswith("p_")]
     with pytest.raises(AstroVLMError, match="question"):
         tag_catalog(table, tmp_path / "none", model=tiny_smolvlm, task="ask", root=catalog.parent)
+
+
+def test_a_size_that_is_not_positive_fails_the_row_with_its_reason(survey, tiny_smolvlm, tmp_path):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    table = read_table(catalog)[:5]
+    table["size"] = [0.0, -3.0, np.inf, np.nan, 40.0]  # a blank (NaN) size gets the default
+    run = tag_catalog(table, tmp_path / "sizes", model=tiny_smolvlm, labels=LABELS, size=SIZE,
+                      root=catalog.parent, progress=False)
+    assert run.complete and (run.done, run.failed) == (2, 3)
+    failed = read_table(run.failed_path)
+    assert list(failed["row"]) == [0, 1, 2]
+    assert all("size must be positive" in str(e) for e in failed["error"])
