@@ -253,3 +253,31 @@ def test_a_size_that_is_not_positive_fails_the_row_with_its_reason(survey, tiny_
     failed = read_table(run.failed_path)
     assert list(failed["row"]) == [0, 1, 2]
     assert all("size must be positive" in str(e) for e in failed["error"])
+
+
+def test_cli_ask_takes_the_question_of_a_survey_catalogue_as_documented(survey, tiny_smolvlm_dir, tmp_path,
+                                                                         capsys):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.cli import main
+
+    catalog, _ = survey
+    small = tmp_path / "cat.ecsv"
+    read_table(catalog)[:3].write(small)  # three rows of one image, named by absolute path
+    model = ["--model", str(tiny_smolvlm_dir), "--dtype", "float32", "--size", str(SIZE),
+             "--max-new-tokens", "2"]
+    assert main(["ask", "--catalog", str(small), "Is there a jet?", *model, "--out", str(tmp_path / "a")]) \
+        == 0
+    answers = read_table(tmp_path / "a" / "a.ecsv")
+    assert len(answers) == 3 and set(answers["task"]) == {"ask"}
+    assert answers.meta["astrovlm_request"]["question"] == "Is there a jet?"
+    one = tmp_path / "one.txt"
+    one.write_text("# the question\nIs it bent?\n")
+    given = ["ask", "--catalog", str(small), "--questions"]
+    assert main([*given, str(one), *model, "--out", str(tmp_path / "b")]) == 0
+    assert read_table(tmp_path / "b" / "b.ecsv").meta["astrovlm_request"]["question"] == "Is it bent?"
+    capsys.readouterr()
+    two = tmp_path / "two.txt"
+    two.write_text("Is it bent?\nHow many lobes?\n")
+    assert main([*given, str(two), *model, "--out", str(tmp_path / "c")]) == 2
+    assert "one question of every row; 2 were given" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
