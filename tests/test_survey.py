@@ -281,3 +281,24 @@ def test_cli_ask_takes_the_question_of_a_survey_catalogue_as_documented(survey, 
     assert main([*given, str(two), *model, "--out", str(tmp_path / "c")]) == 2
     assert "one question of every row; 2 were given" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_resume_refuses_a_catalogue_edited_since_the_run_began(survey, tiny_smolvlm, tmp_path):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    small = tmp_path / "cat.ecsv"
+    table = read_table(catalog)[:4]
+    table.write(small)
+    out = tmp_path / "tags"
+    options = dict(model=tiny_smolvlm, labels=LABELS, size=SIZE, progress=False)
+    assert tag_catalog(small, out, **options).complete
+    assert tag_catalog(small, out, resume=True, **options).skipped == 4  # the same catalogue resumes
+    table["ra"] = table["ra"][::-1]  # same file name and row count, other positions and ids
+    table["id"] = table["id"][::-1]
+    table.write(small, overwrite=True)
+    with pytest.raises(AstroVLMError, match="another version of the catalogue.*--overwrite"):
+        tag_catalog(small, out, resume=True, **options)
+    rerun = tag_catalog(small, out, overwrite=True, **options)
+    assert rerun.complete and list(rerun.table()["source_id"]) == list(table["id"])

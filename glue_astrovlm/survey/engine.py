@@ -191,7 +191,8 @@ def tag_catalog(catalog, out, *, model=None, task: str = "classify", labels=None
                     question=question, max_new_tokens=max_new_tokens, load_options=load_options)
     described = {**scorer.describe(), "catalogue": survey.where, "rows": len(survey)}
     outputs = SurveyOutputs(out, table_format=table_format, region_format=region_format, overwrite=overwrite,
-                            resume=resume).reserve(described, len(survey))
+                            resume=resume).reserve(described, len(survey),
+                                                                   survey.fingerprint())
     try:
         skipped = len(outputs.done)
         blocks = work_blocks(survey, skip=outputs.done, block_rows=block_rows)

@@ -84,20 +84,21 @@ class SurveyOutputs:
         self.done: set[int] = set()
 
     # ------------------------------------------------------------------ before any work
-    def reserve(self, described: dict, total: int) -> "SurveyOutputs":
-        """Check the folder, take its lock and read what an earlier run finished."""
+    def reserve(self, described: dict, total: int, fingerprint: str | None = None) -> "SurveyOutputs":
+        """Check the folder, take its lock and read what an earlier run finished. ``fingerprint``
+        identifies the catalogue's rows (`SurveyCatalog.fingerprint`): a resume of another is refused."""
         if self.dir.exists() and not self.dir.is_dir():
             raise AstroVLMError(f"{self.dir} is a file; survey runs write a folder. Choose another --out.")
         _pyarrow()
         self.run.reserve()
         try:
-            self._start(described, total)
+            self._start(described, total, fingerprint)
         except BaseException:
             self.run.release()
             raise
         return self
 
-    def _start(self, described: dict, total: int) -> None:
+    def _start(self, described: dict, total: int, fingerprint: str | None = None) -> None:
         earlier = self._read_manifest()
         if earlier is not None and not self.run.resume:
             if not self.run.overwrite:
@@ -118,6 +119,7 @@ class SurveyOutputs:
                     "resume with the same options, or start again with --overwrite or another "
                     "--out."
                 )
+            self._same_catalogue(earlier, fingerprint)
             self.manifest = earlier
             self.done = self._finished_rows()
             log.info(
@@ -127,8 +129,21 @@ class SurveyOutputs:
                 self.dir,
             )
         else:
-            self.manifest = {"version": 1, "request": described, "total": int(total), "shards": []}
+            self.manifest = {"version": 1, "request": described, "total": int(total), "shards": [],
+                             "catalogue_fingerprint": fingerprint}
         self.shards_dir.mkdir(parents=True, exist_ok=True)
+
+    def _same_catalogue(self, earlier: dict, fingerprint: str | None) -> None:
+        """Refuse to resume on a catalogue whose rows changed since the run began (its finished rows
+        would be skipped by number and their stale results kept)."""
+        before = earlier.get("catalogue_fingerprint")
+        if before is None or fingerprint is None or before == fingerprint:
+            return
+        raise AstroVLMError(
+            f"The survey run in {self.dir} was made from another version of the catalogue (its files, "
+            "positions, sizes or ids have changed since); resume with the catalogue as it was, or start "
+            "again with --overwrite or another --out."
+        )
 
     def _read_manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
