@@ -302,3 +302,28 @@ def test_resume_refuses_a_catalogue_edited_since_the_run_began(survey, tiny_smol
         tag_catalog(small, out, resume=True, **options)
     rerun = tag_catalog(small, out, overwrite=True, **options)
     assert rerun.complete and list(rerun.table()["source_id"]) == list(table["id"])
+
+
+def test_a_survey_where_every_row_fails_warns_and_the_cli_exits_2(survey, tiny_smolvlm, tiny_smolvlm_dir,
+                                                                   tmp_path, capsys, caplog):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.cli import main
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    table = read_table(catalog)[:3]
+    table["file"] = ["nowhere.fits"] * 3
+    table.write(tmp_path / "cat.ecsv")
+    with caplog.at_level("WARNING", logger="glue_astrovlm"):
+        run = tag_catalog(tmp_path / "cat.ecsv", tmp_path / "api", model=tiny_smolvlm, labels=LABELS, size=SIZE,
+                          progress=False)
+    assert run.complete and run.all_failed and (run.done, run.failed) == (0, 3)
+    assert run.failed_path.is_file() and not run.table_path.exists()
+    assert "Every row" in caplog.text and str(run.failed_path) in caplog.text
+    capsys.readouterr()
+    out = tmp_path / "cli"
+    status = main(["classify", "--catalog", str(tmp_path / "cat.ecsv"), "--labels", *LABELS, "--model",
+                   str(tiny_smolvlm_dir), "--dtype", "float32", "--size", str(SIZE), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "every row of the catalogue failed" in err and str(out / "cli_failed.ecsv") in err

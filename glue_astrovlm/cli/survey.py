@@ -136,4 +136,11 @@ def command_survey(args) -> int:
     print(("" if run.complete else "partial: ") + run.summary(), file=sys.stderr)
     if stop.received is not None:
         return stop.exit_status
+    if run.all_failed:
+        print(
+            f"astrovlm: error: every row of the catalogue failed, so no table of results was written; "
+            f"the reason for each row is in {run.failed_path}",
+            file=sys.stderr,
+        )
+        return 2
     return 0 if run.complete else 2
