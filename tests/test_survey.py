@@ -315,8 +315,8 @@ def test_a_survey_where_every_row_fails_warns_and_the_cli_exits_2(survey, tiny_s
     table["file"] = ["nowhere.fits"] * 3
     table.write(tmp_path / "cat.ecsv")
     with caplog.at_level("WARNING", logger="glue_astrovlm"):
-        run = tag_catalog(tmp_path / "cat.ecsv", tmp_path / "api", model=tiny_smolvlm, labels=LABELS, size=SIZE,
-                          progress=False)
+        run = tag_catalog(tmp_path / "cat.ecsv", tmp_path / "api", model=tiny_smolvlm, labels=LABELS,
+                          size=SIZE, progress=False)
     assert run.complete and run.all_failed and (run.done, run.failed) == (0, 3)
     assert run.failed_path.is_file() and not run.table_path.exists()
     assert "Every row" in caplog.text and str(run.failed_path) in caplog.text
