@@ -327,3 +327,19 @@ def test_a_survey_where_every_row_fails_warns_and_the_cli_exits_2(survey, tiny_s
     err = capsys.readouterr().err
     assert status == 2, err
     assert "every row of the catalogue failed" in err and str(out / "cli_failed.ecsv") in err
+
+
+def test_region_files_are_named_by_the_whole_image_name_and_name_their_image(full_run):
+    from regions import Regions
+
+    from glue_astrovlm.survey.regions import image_stem
+
+    assert image_stem("/d/100_010.451-009.284_0.0529_0080.60.fits") == "100_010.451-009.284_0.0529_0080.60"
+    assert image_stem("a.b.fits.gz") == "a.b" and image_stem("c.d.FZ") == "c.d" and image_stem("e.fit") == "e"
+    sources = sorted(set(str(s) for s in full_run.table()["source"]))
+    assert any("." in image_stem(s) for s in sources)  # FIRST cutouts' names hold dots
+    for source in sources:
+        path = full_run.out / "regions" / (image_stem(source) + ".reg")
+        lines = path.read_text().splitlines()
+        assert lines[1] == f"# image: {source}"
+        assert len(Regions.read(path, format="ds9")) > 0

@@ -9,7 +9,8 @@
   rows of the shards it lists, and never writes a row twice;
 - at the end, ``tags.ecsv`` (or ``.fits``): every row tagged, in catalogue order; ``tags_failed``:
   the rows that could not be cut out, with the reason in ``error``; ``regions/<image>.reg``: one
-  DS9 (or CRTF) region file per image.
+  DS9 (or CRTF) region file per image, named by its file name less the FITS suffix, with the image's
+  path in a ``# image:`` comment.
 
 The lock and the checks of existing outputs are `~glue_astrovlm.outputs.RunOutputs`', as for a run
 on one image.
@@ -45,6 +46,14 @@ def _pyarrow():
             "pip install 'glue-astrovlm[ray]' (or pip install pyarrow)."
         ) from None
     return pyarrow
+
+
+def _with_image_comment(text: str, source: str) -> str:
+    """A region file's text with ``# image: <path>`` after its first (format) line, so that each file
+    says which image its shapes belong to."""
+    first, newline, rest = text.partition("\n")
+    image = " ".join(str(source).split())  # one line, whatever the path holds
+    return f"{first}{newline or chr(10)}# image: {image}\n{rest}"
 
 
 class SurveyOutputs:
@@ -248,15 +257,12 @@ class SurveyOutputs:
         from .regions import regions_per_image
 
         written = []
-        for stem, regions in regions_per_image(table, probability_columns, labels):
+        for stem, regions, source in regions_per_image(table, probability_columns, labels):
             suffix = ".reg" if self.region_format == "ds9" else ".crtf"
             path = self.regions_dir / (stem + suffix)
+            text = _with_image_comment(regions.serialize(format=self.region_format), source)
             written.append(
-                atomic_write(
-                    path,
-                    lambda tmp: regions.write(tmp, format=self.region_format, overwrite=True),
-                    overwrite=True,
-                )
+                atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
             )
         return written
 
