@@ -151,7 +151,7 @@ def test_resume_after_a_stop_scores_only_the_rows_left(survey, tiny_smolvlm, ful
     assert list(table["row"]) == list(reference["row"])
     assert list(table["label"]) == list(reference["label"])
     assert np.allclose(table["p_FRI"], reference["p_FRI"], atol=1e-5)
-    with pytest.raises(AstroVLMError, match="another labels"):
+    with pytest.raises(AstroVLMError, match=r"made with different options \(labels\)"):
         tag_catalog(
             catalog, out, model=tiny_smolvlm, labels=["A", "B"], size=SIZE, progress=False, resume=True
         )
@@ -343,3 +343,27 @@ def test_region_files_are_named_by_the_whole_image_name_and_name_their_image(ful
         lines = path.read_text().splitlines()
         assert lines[1] == f"# image: {source}"
         assert len(Regions.read(path, format="ds9")) > 0
+
+
+def test_a_folder_that_holds_a_finished_run_names_resume_and_overwrite(full_run, tiny_smolvlm, survey):
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    with pytest.raises(AstroVLMError, match="holds a survey run .*--resume.*--overwrite") as refused:
+        tag_catalog(catalog, full_run.out, model=tiny_smolvlm, labels=LABELS, size=SIZE, progress=False)
+    assert "already exists" not in str(refused.value)
+
+
+def test_the_cli_says_partial_once_for_an_unfinished_run(tmp_path, monkeypatch, capsys):
+    import glue_astrovlm.survey
+    from glue_astrovlm.cli import main
+    from glue_astrovlm.survey import SurveyRun
+
+    def stopped(catalog, out, **options):
+        return SurveyRun(done=3, failed=0, skipped=0, total=9, complete=False, out=tmp_path / "t",
+                         table_path=tmp_path / "t" / "t.ecsv", failed_path=tmp_path / "t" / "t_failed.ecsv")
+
+    monkeypatch.setattr(glue_astrovlm.survey, "tag_catalog", stopped)
+    assert main(["classify", "--catalog", "cat.ecsv", "--labels", *LABELS, "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("partial:") == 1 and "done 3, failed 0, skipped 0 of 9 rows (partial: continue" in err

@@ -133,7 +133,7 @@ def command_survey(args) -> int:
             return stop.exit_status
     for path in run.written:
         print(f"wrote {path}", file=sys.stderr)
-    print(("" if run.complete else "partial: ") + run.summary(), file=sys.stderr)
+    print(run.summary(), file=sys.stderr)  # an unfinished run's summary says "partial" itself
     if stop.received is not None:
         return stop.exit_status
     if run.all_failed:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AstroVLMError
-from ..outputs import RunOutputs
+from ..outputs import RunOutputs, different_options
 from ..results import atomic_write, output_path
 
 __all__ = ["SurveyOutputs", "MANIFEST"]
@@ -99,6 +99,8 @@ class SurveyOutputs:
         if self.dir.exists() and not self.dir.is_dir():
             raise AstroVLMError(f"{self.dir} is a file; survey runs write a folder. Choose another --out.")
         _pyarrow()
+        if not (self.run.resume or self.run.overwrite):
+            self._refuse_an_earlier_run(self._read_manifest())
         self.run.reserve()
         try:
             self._start(described, total, fingerprint)
@@ -111,11 +113,7 @@ class SurveyOutputs:
         earlier = self._read_manifest()
         if earlier is not None and not self.run.resume:
             if not self.run.overwrite:
-                raise AstroVLMError(
-                    f"{self.dir} holds a survey run ({len(earlier.get('shards', []))} finished "
-                    "shard(s)); pass --resume to continue it, --overwrite to start again, or "
-                    "choose another --out."
-                )
+                self._refuse_an_earlier_run(earlier)
             self.manifest_path.unlink()
             shutil.rmtree(self.shards_dir, ignore_errors=True)
             earlier = None
@@ -124,7 +122,7 @@ class SurveyOutputs:
             changed = sorted(k for k in described if k in before and before[k] != described[k])
             if changed:
                 raise AstroVLMError(
-                    f"The survey run in {self.dir} was made with another {', '.join(changed)}; "
+                    f"The survey run in {self.dir} was made with {different_options(changed)}; "
                     "resume with the same options, or start again with --overwrite or another "
                     "--out."
                 )
@@ -141,6 +139,19 @@ class SurveyOutputs:
             self.manifest = {"version": 1, "request": described, "total": int(total), "shards": [],
                              "catalogue_fingerprint": fingerprint}
         self.shards_dir.mkdir(parents=True, exist_ok=True)
+
+    def _refuse_an_earlier_run(self, earlier: dict | None) -> None:
+        """Without --resume or --overwrite, a folder that holds a survey run (finished or not) is left
+        alone; checked before the merged table's own check, which knows nothing of --resume."""
+        if earlier is None:
+            return
+        shards = earlier.get("shards", [])
+        rows = sum(int(s.get("rows", 0)) for s in shards)
+        raise AstroVLMError(
+            f"{self.dir} holds a survey run ({rows} finished row(s) in {len(shards)} shard(s)); pass "
+            "--resume to continue it (or to merge it again), --overwrite to start again, or choose "
+            "another --out."
+        )
 
     def _same_catalogue(self, earlier: dict, fingerprint: str | None) -> None:
         """Refuse to resume on a catalogue whose rows changed since the run began (its finished rows
