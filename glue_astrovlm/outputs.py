@@ -188,8 +188,9 @@ class RunOutputs:
         if isinstance(before, dict):
             changed = sorted(key for key in described if key in before and before[key] != described[key])
             if changed:
-                raise AstroVLMError(f"The partial results were made with {different_options(changed)}; resume "
-                                    "with the same options, or start again with --overwrite or another --out.")
+                raise AstroVLMError(f"The partial results were made with {different_options(changed)}; "
+                                    "resume with the same options, or start again with --overwrite or "
+                                    "another --out.")
 
     # ------------------------------------------------------------------ writing
     def _table(self, results: Sequence[Result], described: dict | None, done: int, total: int | None):
