@@ -50,6 +50,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def different_options(changed) -> str:
+    """``'different options (labels, question)'``: what a refused resume names, whatever the number."""
+    return f"different options ({', '.join(changed)})"
+
+
 class RunOutputs:
     """The table (and region file) one run writes under ``PREFIX``.
 
@@ -183,8 +188,9 @@ class RunOutputs:
         if isinstance(before, dict):
             changed = sorted(key for key in described if key in before and before[key] != described[key])
             if changed:
-                raise AstroVLMError(f"The partial results were made with another {', '.join(changed)}; resume with "
-                                    "the same options, or start again with --overwrite or another --out.")
+                raise AstroVLMError(f"The partial results were made with {different_options(changed)}; "
+                                    "resume with the same options, or start again with --overwrite or "
+                                    "another --out.")
 
     # ------------------------------------------------------------------ writing
     def _table(self, results: Sequence[Result], described: dict | None, done: int, total: int | None):

@@ -151,7 +151,7 @@ def test_resume_after_a_stop_scores_only_the_rows_left(survey, tiny_smolvlm, ful
     assert list(table["row"]) == list(reference["row"])
     assert list(table["label"]) == list(reference["label"])
     assert np.allclose(table["p_FRI"], reference["p_FRI"], atol=1e-5)
-    with pytest.raises(AstroVLMError, match="another labels"):
+    with pytest.raises(AstroVLMError, match=r"made with different options \(labels\)"):
         tag_catalog(
             catalog, out, model=tiny_smolvlm, labels=["A", "B"], size=SIZE, progress=False, resume=True
         )
@@ -238,3 +238,132 @@ def test_ask_runs_over_a_survey_catalogue(survey, tiny_smolvlm, tmp_path):
     assert not [c for c in answers.colnames if c.startswith("p_")]
     with pytest.raises(AstroVLMError, match="question"):
         tag_catalog(table, tmp_path / "none", model=tiny_smolvlm, task="ask", root=catalog.parent)
+
+
+def test_a_size_that_is_not_positive_fails_the_row_with_its_reason(survey, tiny_smolvlm, tmp_path):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    table = read_table(catalog)[:5]
+    table["size"] = [0.0, -3.0, np.inf, np.nan, 40.0]  # a blank (NaN) size gets the default
+    run = tag_catalog(table, tmp_path / "sizes", model=tiny_smolvlm, labels=LABELS, size=SIZE,
+                      root=catalog.parent, progress=False)
+    assert run.complete and (run.done, run.failed) == (2, 3)
+    failed = read_table(run.failed_path)
+    assert list(failed["row"]) == [0, 1, 2]
+    assert all("size must be positive" in str(e) for e in failed["error"])
+
+
+def test_cli_ask_takes_the_question_of_a_survey_catalogue_as_documented(survey, tiny_smolvlm_dir, tmp_path,
+                                                                         capsys):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.cli import main
+
+    catalog, _ = survey
+    small = tmp_path / "cat.ecsv"
+    read_table(catalog)[:3].write(small)  # three rows of one image, named by absolute path
+    model = ["--model", str(tiny_smolvlm_dir), "--dtype", "float32", "--size", str(SIZE),
+             "--max-new-tokens", "2"]
+    assert main(["ask", "--catalog", str(small), "Is there a jet?", *model, "--out", str(tmp_path / "a")]) \
+        == 0
+    answers = read_table(tmp_path / "a" / "a.ecsv")
+    assert len(answers) == 3 and set(answers["task"]) == {"ask"}
+    assert answers.meta["astrovlm_request"]["question"] == "Is there a jet?"
+    one = tmp_path / "one.txt"
+    one.write_text("# the question\nIs it bent?\n")
+    given = ["ask", "--catalog", str(small), "--questions"]
+    assert main([*given, str(one), *model, "--out", str(tmp_path / "b")]) == 0
+    assert read_table(tmp_path / "b" / "b.ecsv").meta["astrovlm_request"]["question"] == "Is it bent?"
+    capsys.readouterr()
+    two = tmp_path / "two.txt"
+    two.write_text("Is it bent?\nHow many lobes?\n")
+    assert main([*given, str(two), *model, "--out", str(tmp_path / "c")]) == 2
+    assert "one question of every row; 2 were given" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_resume_refuses_a_catalogue_edited_since_the_run_began(survey, tiny_smolvlm, tmp_path):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    small = tmp_path / "cat.ecsv"
+    table = read_table(catalog)[:4]
+    table.write(small)
+    out = tmp_path / "tags"
+    options = dict(model=tiny_smolvlm, labels=LABELS, size=SIZE, progress=False)
+    assert tag_catalog(small, out, **options).complete
+    assert tag_catalog(small, out, resume=True, **options).skipped == 4  # the same catalogue resumes
+    table["ra"] = table["ra"][::-1]  # same file name and row count, other positions and ids
+    table["id"] = table["id"][::-1]
+    table.write(small, overwrite=True)
+    with pytest.raises(AstroVLMError, match="another version of the catalogue.*--overwrite"):
+        tag_catalog(small, out, resume=True, **options)
+    rerun = tag_catalog(small, out, overwrite=True, **options)
+    assert rerun.complete and list(rerun.table()["source_id"]) == list(table["id"])
+
+
+def test_a_survey_where_every_row_fails_warns_and_the_cli_exits_2(survey, tiny_smolvlm, tiny_smolvlm_dir,
+                                                                   tmp_path, capsys, caplog):
+    from glue_astrovlm.catalogs import read_table
+    from glue_astrovlm.cli import main
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    table = read_table(catalog)[:3]
+    table["file"] = ["nowhere.fits"] * 3
+    table.write(tmp_path / "cat.ecsv")
+    with caplog.at_level("WARNING", logger="glue_astrovlm"):
+        run = tag_catalog(tmp_path / "cat.ecsv", tmp_path / "api", model=tiny_smolvlm, labels=LABELS,
+                          size=SIZE, progress=False)
+    assert run.complete and run.all_failed and (run.done, run.failed) == (0, 3)
+    assert run.failed_path.is_file() and not run.table_path.exists()
+    assert "Every row" in caplog.text and str(run.failed_path) in caplog.text
+    capsys.readouterr()
+    out = tmp_path / "cli"
+    status = main(["classify", "--catalog", str(tmp_path / "cat.ecsv"), "--labels", *LABELS, "--model",
+                   str(tiny_smolvlm_dir), "--dtype", "float32", "--size", str(SIZE), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "every row of the catalogue failed" in err and str(out / "cli_failed.ecsv") in err
+
+
+def test_region_files_are_named_by_the_whole_image_name_and_name_their_image(full_run):
+    from regions import Regions
+
+    from glue_astrovlm.survey.regions import image_stem
+
+    assert image_stem("/d/100_010.451-009.284_0.0529_0080.60.fits") == "100_010.451-009.284_0.0529_0080.60"
+    assert image_stem("a.b.fits.gz") == "a.b" and image_stem("c.d.FZ") == "c.d" and image_stem("e.fit") == "e"
+    sources = sorted(set(str(s) for s in full_run.table()["source"]))
+    assert any("." in image_stem(s) for s in sources)  # FIRST cutouts' names hold dots
+    for source in sources:
+        path = full_run.out / "regions" / (image_stem(source) + ".reg")
+        lines = path.read_text().splitlines()
+        assert lines[1] == f"# image: {source}"
+        assert len(Regions.read(path, format="ds9")) > 0
+
+
+def test_a_folder_that_holds_a_finished_run_names_resume_and_overwrite(full_run, tiny_smolvlm, survey):
+    from glue_astrovlm.survey import tag_catalog
+
+    catalog, _ = survey
+    with pytest.raises(AstroVLMError, match="holds a survey run .*--resume.*--overwrite") as refused:
+        tag_catalog(catalog, full_run.out, model=tiny_smolvlm, labels=LABELS, size=SIZE, progress=False)
+    assert "already exists" not in str(refused.value)
+
+
+def test_the_cli_says_partial_once_for_an_unfinished_run(tmp_path, monkeypatch, capsys):
+    import glue_astrovlm.survey
+    from glue_astrovlm.cli import main
+    from glue_astrovlm.survey import SurveyRun
+
+    def stopped(catalog, out, **options):
+        return SurveyRun(done=3, failed=0, skipped=0, total=9, complete=False, out=tmp_path / "t",
+                         table_path=tmp_path / "t" / "t.ecsv", failed_path=tmp_path / "t" / "t_failed.ecsv")
+
+    monkeypatch.setattr(glue_astrovlm.survey, "tag_catalog", stopped)
+    assert main(["classify", "--catalog", "cat.ecsv", "--labels", *LABELS, "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("partial:") == 1 and "done 3, failed 0, skipped 0 of 9 rows (partial: continue" in err

@@ -78,6 +78,25 @@ def _command_presets() -> int:
     return 0
 
 
+def _survey_question_not_file(args) -> None:
+    """``astrovlm ask --catalog SURVEY "Is there a jet?"``: argparse gives the first word to FILE. When
+    it names no file and the catalogue has a file column (a survey catalogue), it is the question."""
+    from pathlib import Path
+
+    if args.command != "ask" or not args.catalog or args.file is None:
+        return
+    if any(Path(part.strip()).expanduser().exists() for part in str(args.file).split(",")):
+        return
+    from ..catalogs import FILE_COLUMNS, find_column, read_table
+
+    try:
+        table = read_table(args.catalog, "survey catalogue")
+    except AstroVLMError:
+        return  # the run says what is wrong with the catalogue
+    if find_column(table, FILE_COLUMNS, args.file_col) is not None:
+        args.question, args.file = [args.file, *args.question], None
+
+
 def _dispatch(args) -> int:
     if args.command == "presets":
         return _command_presets()
@@ -89,6 +108,7 @@ def _dispatch(args) -> int:
         from .finetune import command_finetune
 
         return command_finetune(args)
+    _survey_question_not_file(args)
     if args.file is None or getattr(args, "engine", "local") != "local":  # a survey catalogue
         from .survey import command_survey
 

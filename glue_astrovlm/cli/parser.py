@@ -229,7 +229,8 @@ def _add_task_parsers(sub) -> None:
     _add_source_options(ask)
     ask.add_argument("question", nargs="*",
                      help="the question, in quotes; several questions are one conversation about each "
-                          "cutout, every turn a row of the results table")
+                          "cutout, every turn a row of the results table (a survey --catalog without "
+                          "FILE asks one question of every row)")
     ask.add_argument("--questions", metavar="FILE",
                      help="a text file of questions, one a line, asked after any given on the command line, "
                           "as one conversation")

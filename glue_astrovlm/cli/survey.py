@@ -62,6 +62,22 @@ def _load_options(args) -> dict:
     return {name: value for name, value in options.items() if value is not None}
 
 
+def _survey_question(args) -> str | None:
+    """The one question of a survey ``ask`` (the command line's, or the one line of --questions)."""
+    if args.command != "ask":
+        return args.question
+    from .run import _questions
+
+    questions = _questions(args)
+    if len(questions) > 1:
+        raise AstroVLMError(
+            f"A survey catalogue asks one question of every row; {len(questions)} were given. Give one "
+            "question (in quotes, or one line in --questions), or run one survey per question with "
+            "its own --out."
+        )
+    return questions[0]
+
+
 def command_survey(args) -> int:
     """Run a survey catalogue; returns the exit status."""
     from ..requests import DEFAULT_SIZE
@@ -69,6 +85,7 @@ def command_survey(args) -> int:
     from .run import _StopOnSignals, _hdu, labels_from_args, stretch_from_args
 
     _checked(args)
+    question = _survey_question(args)
     labels = labels_from_args(args) if args.command == "classify" else None
     if args.command == "classify" and labels is None:
         raise AstroVLMError(
@@ -88,7 +105,7 @@ def command_survey(args) -> int:
                 model=str(args.model),
                 task=args.command,
                 labels=labels,
-                question=args.question,
+                question=question,
                 max_new_tokens=getattr(args, "max_new_tokens", 128),
                 engine=args.engine,
                 ray_address=args.ray_address,
@@ -116,7 +133,14 @@ def command_survey(args) -> int:
             return stop.exit_status
     for path in run.written:
         print(f"wrote {path}", file=sys.stderr)
-    print(("" if run.complete else "partial: ") + run.summary(), file=sys.stderr)
+    print(run.summary(), file=sys.stderr)  # an unfinished run's summary says "partial" itself
     if stop.received is not None:
         return stop.exit_status
+    if run.all_failed:
+        print(
+            f"astrovlm: error: every row of the catalogue failed, so no table of results was written; "
+            f"the reason for each row is in {run.failed_path}",
+            file=sys.stderr,
+        )
+        return 2
     return 0 if run.complete else 2

@@ -53,6 +53,18 @@ class SurveyCatalog:
     def __len__(self) -> int:
         return len(self.files)
 
+    def fingerprint(self) -> str:
+        """A hash of what the rows send (files, ids, positions, sizes): a resumed run checks that the
+        catalogue it continues is the one it started on, not one edited since."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.files, self.ids, self.kind, self.size_unit]).encode("utf-8"))
+        for values in (self.a, self.b, self.sizes):
+            digest.update(b"|" if values is None else np.ascontiguousarray(values, dtype="<f8").tobytes())
+        return digest.hexdigest()
+
 
 def _files(table, file_col, root: Path) -> list[str]:
     column = find_column(table, FILE_COLUMNS, file_col)

@@ -43,6 +43,9 @@ class SurveyRun:
     written : list of Path
         The merged table, failed table and region files.
     table_path, failed_path, out : Path
+    all_failed : bool
+        Whether the run is complete and no row could be tagged: there is no merged table, only
+        ``failed_path`` with each row's reason.
     images_scored : int
         Images this process sent to the model (0 with Ray, whose actors score).
     seconds, first_rows_s, steady_rows_per_s : float
@@ -63,6 +66,7 @@ class SurveyRun:
     seconds: float = float("nan")
     first_rows_s: float = float("nan")
     steady_rows_per_s: float = float("nan")
+    all_failed: bool = False
 
     def summary(self) -> str:
         """``'done 40, failed 8, skipped 0 of 48 rows'``: the line the command line prints."""
@@ -191,7 +195,8 @@ def tag_catalog(catalog, out, *, model=None, task: str = "classify", labels=None
                     question=question, max_new_tokens=max_new_tokens, load_options=load_options)
     described = {**scorer.describe(), "catalogue": survey.where, "rows": len(survey)}
     outputs = SurveyOutputs(out, table_format=table_format, region_format=region_format, overwrite=overwrite,
-                            resume=resume).reserve(described, len(survey))
+                            resume=resume).reserve(described, len(survey),
+                                                                   survey.fingerprint())
     try:
         skipped = len(outputs.done)
         blocks = work_blocks(survey, skip=outputs.done, block_rows=block_rows)
@@ -212,9 +217,15 @@ def _finish(survey, scorer, outputs, counts: dict, skipped: int) -> SurveyRun:
     complete = len(outputs.done) >= len(survey)
     labels = scorer.label_set.labels if scorer.label_set is not None else None
     written = outputs.merge(scorer.prob_columns, labels) if complete else []
+    finished = outputs.counts
+    all_failed = complete and finished["rows"] > 0 and finished["rows"] == finished["failed"]
+    if all_failed:
+        log.warning("Every row of %s failed (%d rows); no table of results was written, the reasons are "
+                    "in %s", survey.where, finished["rows"], outputs.failed_path)
     return SurveyRun(done=counts["done"] - counts["failed"], failed=counts["failed"], skipped=skipped,
                      total=len(survey), complete=complete, out=outputs.dir, table_path=outputs.table_path,
-                     failed_path=outputs.failed_path, written=written, images_scored=scorer.images_scored,
+                     failed_path=outputs.failed_path, written=written, all_failed=all_failed,
+                     images_scored=scorer.images_scored,
                      seconds=time.perf_counter() - counts["began"], first_rows_s=first - counts["began"],
                      steady_rows_per_s=rows_after / (ended - first) if ended > first else float("nan"))
 

@@ -9,7 +9,8 @@
   rows of the shards it lists, and never writes a row twice;
 - at the end, ``tags.ecsv`` (or ``.fits``): every row tagged, in catalogue order; ``tags_failed``:
   the rows that could not be cut out, with the reason in ``error``; ``regions/<image>.reg``: one
-  DS9 (or CRTF) region file per image.
+  DS9 (or CRTF) region file per image, named by its file name less the FITS suffix, with the image's
+  path in a ``# image:`` comment.
 
 The lock and the checks of existing outputs are `~glue_astrovlm.outputs.RunOutputs`', as for a run
 on one image.
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AstroVLMError
-from ..outputs import RunOutputs
+from ..outputs import RunOutputs, different_options
 from ..results import atomic_write, output_path
 
 __all__ = ["SurveyOutputs", "MANIFEST"]
@@ -45,6 +46,14 @@ def _pyarrow():
             "pip install 'glue-astrovlm[ray]' (or pip install pyarrow)."
         ) from None
     return pyarrow
+
+
+def _with_image_comment(text: str, source: str) -> str:
+    """A region file's text with ``# image: <path>`` after its first (format) line, so that each file
+    says which image its shapes belong to."""
+    first, newline, rest = text.partition("\n")
+    image = " ".join(str(source).split())  # one line, whatever the path holds
+    return f"{first}{newline or chr(10)}# image: {image}\n{rest}"
 
 
 class SurveyOutputs:
@@ -84,28 +93,27 @@ class SurveyOutputs:
         self.done: set[int] = set()
 
     # ------------------------------------------------------------------ before any work
-    def reserve(self, described: dict, total: int) -> "SurveyOutputs":
-        """Check the folder, take its lock and read what an earlier run finished."""
+    def reserve(self, described: dict, total: int, fingerprint: str | None = None) -> "SurveyOutputs":
+        """Check the folder, take its lock and read what an earlier run finished. ``fingerprint``
+        identifies the catalogue's rows (`SurveyCatalog.fingerprint`): a resume of another is refused."""
         if self.dir.exists() and not self.dir.is_dir():
             raise AstroVLMError(f"{self.dir} is a file; survey runs write a folder. Choose another --out.")
         _pyarrow()
+        if not (self.run.resume or self.run.overwrite):
+            self._refuse_an_earlier_run(self._read_manifest())
         self.run.reserve()
         try:
-            self._start(described, total)
+            self._start(described, total, fingerprint)
         except BaseException:
             self.run.release()
             raise
         return self
 
-    def _start(self, described: dict, total: int) -> None:
+    def _start(self, described: dict, total: int, fingerprint: str | None = None) -> None:
         earlier = self._read_manifest()
         if earlier is not None and not self.run.resume:
             if not self.run.overwrite:
-                raise AstroVLMError(
-                    f"{self.dir} holds a survey run ({len(earlier.get('shards', []))} finished "
-                    "shard(s)); pass --resume to continue it, --overwrite to start again, or "
-                    "choose another --out."
-                )
+                self._refuse_an_earlier_run(earlier)
             self.manifest_path.unlink()
             shutil.rmtree(self.shards_dir, ignore_errors=True)
             earlier = None
@@ -114,10 +122,11 @@ class SurveyOutputs:
             changed = sorted(k for k in described if k in before and before[k] != described[k])
             if changed:
                 raise AstroVLMError(
-                    f"The survey run in {self.dir} was made with another {', '.join(changed)}; "
+                    f"The survey run in {self.dir} was made with {different_options(changed)}; "
                     "resume with the same options, or start again with --overwrite or another "
                     "--out."
                 )
+            self._same_catalogue(earlier, fingerprint)
             self.manifest = earlier
             self.done = self._finished_rows()
             log.info(
@@ -127,8 +136,34 @@ class SurveyOutputs:
                 self.dir,
             )
         else:
-            self.manifest = {"version": 1, "request": described, "total": int(total), "shards": []}
+            self.manifest = {"version": 1, "request": described, "total": int(total), "shards": [],
+                             "catalogue_fingerprint": fingerprint}
         self.shards_dir.mkdir(parents=True, exist_ok=True)
+
+    def _refuse_an_earlier_run(self, earlier: dict | None) -> None:
+        """Without --resume or --overwrite, a folder that holds a survey run (finished or not) is left
+        alone; checked before the merged table's own check, which knows nothing of --resume."""
+        if earlier is None:
+            return
+        shards = earlier.get("shards", [])
+        rows = sum(int(s.get("rows", 0)) for s in shards)
+        raise AstroVLMError(
+            f"{self.dir} holds a survey run ({rows} finished row(s) in {len(shards)} shard(s)); pass "
+            "--resume to continue it (or to merge it again), --overwrite to start again, or choose "
+            "another --out."
+        )
+
+    def _same_catalogue(self, earlier: dict, fingerprint: str | None) -> None:
+        """Refuse to resume on a catalogue whose rows changed since the run began (its finished rows
+        would be skipped by number and their stale results kept)."""
+        before = earlier.get("catalogue_fingerprint")
+        if before is None or fingerprint is None or before == fingerprint:
+            return
+        raise AstroVLMError(
+            f"The survey run in {self.dir} was made from another version of the catalogue (its files, "
+            "positions, sizes or ids have changed since); resume with the catalogue as it was, or start "
+            "again with --overwrite or another --out."
+        )
 
     def _read_manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
@@ -233,15 +268,12 @@ class SurveyOutputs:
         from .regions import regions_per_image
 
         written = []
-        for stem, regions in regions_per_image(table, probability_columns, labels):
+        for stem, regions, source in regions_per_image(table, probability_columns, labels):
             suffix = ".reg" if self.region_format == "ds9" else ".crtf"
             path = self.regions_dir / (stem + suffix)
+            text = _with_image_comment(regions.serialize(format=self.region_format), source)
             written.append(
-                atomic_write(
-                    path,
-                    lambda tmp: regions.write(tmp, format=self.region_format, overwrite=True),
-                    overwrite=True,
-                )
+                atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
             )
         return written
 

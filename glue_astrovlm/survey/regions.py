@@ -59,16 +59,30 @@ def results_per_image(table, probability_columns: dict):
         yield source, rows_to_results(rows, _image_wcs(source), probability_columns)
 
 
+#: Image suffixes left out of a region file's name (the longest first).
+IMAGE_SUFFIXES = (".fits.gz", ".fits.bz2", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
+
+
+def image_stem(source: str) -> str:
+    """An image's file name without its FITS suffix: ``100_010.451-009.284_0.0529_0080.60`` for
+    ``100_010.451-009.284_0.0529_0080.60.fits`` (file names of survey cutouts hold dots)."""
+    name = Path(source).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name or "image"
+
+
 def regions_per_image(table, probability_columns: dict, labels=None):
-    """``(file stem, regions.Regions)`` for each image of the table's rows, in sky coordinates where the
-    image has a celestial WCS (read from its header only)."""
+    """``(file stem, regions.Regions, image file)`` for each image of the table's rows, in sky
+    coordinates where the image has a celestial WCS (read from its header only)."""
     from ..results import results_to_regions
 
     stems: set[str] = set()
     for source, results in results_per_image(table, probability_columns):
-        stem = Path(source).name.split(".")[0] or "image"
+        stem = image_stem(source)
         name, n = stem, 2
         while name in stems:
             name, n = f"{stem}_{n}", n + 1
         stems.add(name)
-        yield name, results_to_regions(results, labels=labels)
+        yield name, results_to_regions(results, labels=labels), source

@@ -47,8 +47,10 @@ def _size(block: dict, index: int, default):
     if not block["sizes"]:
         return default
     ny, nx = block["sizes"][index]
-    if not (np.isfinite(ny) and ny > 0):
+    if np.isnan(ny):  # no size given for this row (a blank or masked cell)
         return default
+    if not (np.isfinite(ny) and ny > 0):
+        raise AstroVLMError(f"size must be positive and finite (the size column holds {ny:g}).")
     if block["size_unit"] == "arcsec":
         return (ny * u.arcsec, nx * u.arcsec)
     return (int(round(ny)), int(round(nx)))
