@@ -282,7 +282,9 @@ def converse_each(
 
     A conversation is the unit of work: ``progress(done, total)`` counts images whose conversation
     finished, ``cancel`` stops between images (`OperationCancelled` carries the finished turns), and
-    an error carries, as its ``results``, the turns of the conversations that finished before it.
+    an error carries, as its ``results``, the turns of the conversations that finished before it and
+    the turns already answered in the conversation it stopped (a turn over the model's context:
+    `~glue_astrovlm.models.conversing.ContextTooLong`, which says which turn).
     """
     from .models.base import OperationCancelled, as_model_images
 
@@ -296,7 +298,11 @@ def converse_each(
         try:
             for question in questions:
                 conversation.ask(vlm, question, max_new_tokens=max_new_tokens)
-        except (AstroVLMError, KeyboardInterrupt) as error:
+        except AstroVLMError as error:
+            # the answered turns of this conversation are kept too (a turn over the context stops it)
+            error.results = results + conversation.results()
+            raise
+        except KeyboardInterrupt as error:
             error.results = list(results)
             raise
         finally:

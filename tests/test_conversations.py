@@ -99,7 +99,7 @@ def test_a_conversation_longer_than_the_context_is_refused(tmp_path, picture):
     vlm = load_model(build_smolvlm(tmp_path / "short", max_position_embeddings=160), dtype="float32")
     assert context_length(vlm) == 160
     conversation = Conversation(picture)
-    with pytest.raises(AstroVLMError, match=r"would not fit the 160 tokens .* Nothing was cut"):
+    with pytest.raises(AstroVLMError, match=r"the 160 tokens .* Nothing was cut"):
         for _ in range(20):
             conversation.ask(vlm, "Describe the brightest source and its surroundings.", max_new_tokens=8)
     assert 0 < len(conversation.turns) < 20  # the refused turn is not recorded; the earlier ones are kept
@@ -194,3 +194,21 @@ def test_only_the_most_recent_conversations_keep_a_cache(tiny_smolvlm, picture):
     assert all("local" in c.backend_state for c in conversations[1:])
     again = conversations[0].ask(tiny_smolvlm, "Which side?", max_new_tokens=2)  # encoded again, answered
     assert again.turn == 2 and conversations[0].backend_state["reused_tokens"] == 0
+
+
+def test_a_turn_over_the_context_says_which_and_only_helpful_advice(tmp_path, picture, caplog):
+    from glue_astrovlm.models.conversing import ContextTooLong
+    from glue_astrovlm.testing import build_smolvlm
+
+    vlm = load_model(build_smolvlm(tmp_path / "short", max_position_embeddings=160), dtype="float32")
+    conversation = Conversation(picture)
+    with pytest.raises(ContextTooLong) as refused:  # the prompt fits, the prompt and the answer do not
+        conversation.ask(vlm, "Is there a jet?", max_new_tokens=150)
+    assert refused.value.turn == 1 and not refused.value.prompt_alone
+    assert "max_new_tokens" in str(refused.value)
+    with pytest.raises(ContextTooLong) as refused:  # the prompt alone is over: no "shorter answer"
+        for _ in range(40):
+            conversation.ask(vlm, "Describe the brightest source and its surroundings.", max_new_tokens=1)
+    assert refused.value.prompt_alone and refused.value.turn == len(conversation.turns) + 1
+    assert "max_new_tokens" not in str(refused.value) and "before any answer" in str(refused.value)
+    assert "Token indices sequence length" not in caplog.text
