@@ -16,7 +16,7 @@ Examples
 >>> conversation = Conversation(cutout)                         # doctest: +SKIP
 >>> conversation.ask(vlm, "Is there a jet?")                    # doctest: +SKIP
 >>> conversation.ask(vlm, "Which side is brighter?")            # doctest: +SKIP
->>> conversation.correct(1, "The northern lobe is brighter.")   # doctest: +SKIP
+>>> conversation.correct(2, "The northern lobe is brighter.")   # doctest: +SKIP
 >>> write_llava_json([conversation], "corrected/train.json")    # doctest: +SKIP
 """
 
@@ -185,19 +185,29 @@ class Conversation:
                 )
         return messages
 
-    def correct(self, turn: int, answer: str) -> None:
-        """Replace the answer of turn ``turn`` (0-based) by the astronomer's ``answer``.
+    def turn(self, turn: int) -> Turn:
+        """Turn number ``turn``, counted from 1 like `Result.turn` and the table's ``turn`` column."""
+        if isinstance(turn, bool) or not isinstance(turn, int) or not 1 <= turn <= len(self.turns):
+            valid = f"turns are numbered 1 to {len(self.turns)}" if self.turns else "ask a question first"
+            raise AstroVLMError(
+                f"This conversation has {len(self.turns)} turn(s); there is no turn {turn!r} ({valid}, "
+                "like Result.turn)."
+            )
+        return self.turns[turn - 1]
 
-        The model's answer is kept in ``turns[turn].answer``; later questions and exports use the
-        correction.
+    def correct(self, turn: int, answer: str) -> None:
+        """Replace the answer of turn ``turn`` by the astronomer's ``answer``.
+
+        Turns are numbered from 1, like `Result.turn` and the table's ``turn`` column:
+        ``conversation.correct(result.turn, ...)`` corrects the turn that gave ``result``. The model's
+        answer is kept in ``turns[turn - 1].answer``; later questions and exports use the correction.
         """
-        if not 0 <= turn < len(self.turns):
-            raise AstroVLMError(f"This conversation has {len(self.turns)} turn(s); there is no turn {turn}.")
+        entry = self.turn(turn)
         if not isinstance(answer, str) or not answer.strip():
             raise AstroVLMError(
                 "A corrected answer must be text; leave the turn as it is to keep the model's."
             )
-        self.turns[turn].corrected = answer.strip()
+        entry.corrected = answer.strip()
 
     def results(self) -> list[Result]:
         """The results of every turn, in order."""

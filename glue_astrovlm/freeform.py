@@ -110,9 +110,7 @@ def _answer(system, cases: list[dict], max_new_tokens: int, progress) -> list[st
         result = conversation.ask(
             system.vlm, case["question"], max_new_tokens=max_new_tokens, adapter=system.adapter
         )
-        conversation.correct(
-            len(conversation.turns) - 1, case["reference"]
-        )  # the next turn sees the reference
+        conversation.correct(result.turn, case["reference"])  # the next turn sees the reference
         answers.append(result.answer)
         if progress is not None:
             progress(1)

@@ -81,16 +81,29 @@ def test_image_is_encoded_once_and_the_cache_gives_the_fresh_answer(family, pict
 def test_a_corrected_answer_is_what_later_turns_see(tiny_smolvlm, picture):
     conversation = Conversation(picture)
     conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=4)
-    conversation.correct(0, "Yes, a one-sided jet to the north.")
+    conversation.correct(1, "Yes, a one-sided jet to the north.")
     follow_up = conversation.ask(tiny_smolvlm, "Which side is brighter?", max_new_tokens=4)
     assert conversation.messages()[1]["content"][0]["text"] == "Yes, a one-sided jet to the north."
     fresh = Conversation(picture)
     fresh.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=4)
-    fresh.correct(0, "Yes, a one-sided jet to the north.")
+    fresh.correct(1, "Yes, a one-sided jet to the north.")
     fresh.backend_state.clear()
     assert fresh.ask(tiny_smolvlm, "Which side is brighter?", max_new_tokens=4).answer == follow_up.answer
     with pytest.raises(AstroVLMError, match="no turn 5"):
         conversation.correct(5, "x")
+
+
+def test_turns_are_numbered_from_1_everywhere(tiny_smolvlm, picture):
+    conversation = Conversation(picture)
+    first = conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=3)
+    second = conversation.ask(tiny_smolvlm, "Which side is brighter?", max_new_tokens=3)
+    conversation.correct(first.turn, "Yes.")
+    assert conversation.turns[0].corrected == "Yes." and conversation.turns[1].corrected is None
+    conversation.correct(second.turn, "The north.")
+    assert conversation.turns[1].corrected == "The north."
+    for wrong in (0, 3, -1):
+        with pytest.raises(AstroVLMError, match="turns are numbered 1 to 2"):
+            conversation.correct(wrong, "x")
 
 
 def test_a_conversation_longer_than_the_context_is_refused(tmp_path, picture):
@@ -109,7 +122,7 @@ def test_export_of_a_corrected_conversation_reads_back_as_training_data(tiny_smo
     conversation = Conversation(picture)
     conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=4)
     conversation.ask(tiny_smolvlm, "Which side is brighter?", max_new_tokens=4)
-    conversation.correct(1, "The northern side.")
+    conversation.correct(2, "The northern side.")
     path = write_llava_json([conversation, Conversation(picture)], tmp_path / "train.json")
     entries = json.loads(path.read_text())
     assert len(entries) == 1  # a conversation without turns has nothing to learn from
@@ -124,7 +137,7 @@ def test_export_of_a_corrected_conversation_reads_back_as_training_data(tiny_smo
 def test_saved_conversation_comes_back_with_its_corrections(tiny_smolvlm, picture):
     conversation = Conversation(picture, title="subset 1")
     result = conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=4)
-    conversation.correct(0, "No.")
+    conversation.correct(result.turn, "No.")
     data = json.loads(json.dumps(conversation.to_dict()))
     restored = Conversation.from_dict(data)
     assert restored.id == conversation.id and restored.title == "subset 1"
