@@ -267,16 +267,24 @@ class Conversation:
             ) from None
         return conversation
 
-    def to_llava(self, image_file: str | Sequence[str]) -> dict:
-        """The LLaVA-style entry of this conversation (corrected answers), naming ``image_file``."""
-        if not self.turns:
-            raise AstroVLMError(
-                f"The conversation {self.title!r} has no turn to export; ask a question first."
-            )
+    def to_llava(self, image_file: str | Sequence[str], *, only_corrected: bool = False) -> dict:
+        """The LLaVA-style entry of this conversation (corrected answers), naming ``image_file``.
+
+        Each gpt turn says whether an astronomer corrected it (``"corrected": true`` or ``false``; a key
+        that training ignores and ``astrovlm eval`` reads). ``only_corrected`` keeps only the corrected
+        turns (a later question then loses the dropped turns as context).
+        """
+        turns = [t for t in self.turns if t.corrected is not None] if only_corrected else self.turns
+        if not turns:
+            what = "no corrected turn to export" if self.turns else "no turn to export; ask a question first"
+            raise AstroVLMError(f"The conversation {self.title!r} has {what}.")
         lines = []
-        for index, turn in enumerate(self.turns):
+        for index, turn in enumerate(turns):
             question = ("<image>\n" * len(self.images) + turn.question) if index == 0 else turn.question
-            lines += [{"from": "human", "value": question}, {"from": "gpt", "value": turn.final_answer}]
+            lines += [
+                {"from": "human", "value": question},
+                {"from": "gpt", "value": turn.final_answer, "corrected": turn.corrected is not None},
+            ]
         image = image_file if isinstance(image_file, str) or len(image_file) != 1 else image_file[0]
         return {
             "id": self.id,
@@ -324,12 +332,18 @@ def converse_each(
 
 
 def write_llava_json(
-    conversations: Sequence[Conversation], path: str | os.PathLike, *, overwrite: bool = False
+    conversations: Sequence[Conversation],
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    only_corrected: bool = False,
 ) -> Path:
     """Export conversations as LLaVA-style JSON with their pictures, ready for ``astrovlm finetune``.
 
     The pictures the model saw are written as PNG files into ``images/`` beside ``path``; answers are
-    the corrected ones where an astronomer corrected them.
+    the corrected ones where an astronomer corrected them, and each answer says which it is
+    (``"corrected": true`` or ``false``, ignored by training): ``astrovlm eval`` on such a file
+    counts the references that are the model's own uncorrected answers.
 
     Parameters
     ----------
@@ -338,12 +352,20 @@ def write_llava_json(
         The JSON file to write.
     overwrite : bool, optional
         Replace an existing file (the default refuses).
+    only_corrected : bool, optional
+        Keep only the turns an astronomer corrected (conversations without one are left out), so
+        that no reference or training target is the model's own answer.
 
     Returns
     -------
     pathlib.Path
         ``path``.
     """
+    if only_corrected:
+        conversations = [c for c in conversations if any(t.corrected is not None for t in c.turns)]
+        if not conversations:
+            raise AstroVLMError("No conversation has a corrected turn to export; correct an answer first, "
+                                "or export without only_corrected.")
     conversations = [c for c in conversations if c.turns]
     if not conversations:
         raise AstroVLMError("No conversation has a turn to export; ask a question first.")
@@ -359,7 +381,7 @@ def write_llava_json(
             name = f"images/{conversation.id}-{index}.png"
             model_image.image.save(path.parent / name)
             names.append(name)
-        entries.append(conversation.to_llava(names))
+        entries.append(conversation.to_llava(names, only_corrected=only_corrected))
     text = json.dumps(entries, indent=1)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
 

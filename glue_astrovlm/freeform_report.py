@@ -91,6 +91,13 @@ def render(report, format: str) -> str:
         f"is counted). Each question is asked in a conversation about the image whose earlier turns carry "
         f"the reference answers. Generated {report.created} by glue-astrovlm."
     )
+    if report.uncorrected_references:
+        doc.para(
+            f"WARNING: {report.uncorrected_references} of the {questions} references are a model's own "
+            "answers that nobody corrected (marked \"corrected\": false in the export): the model that gave "
+            "them is scored against itself there. Export only the corrected turns "
+            "(write_llava_json(..., only_corrected=True)) for references that count."
+        )
     _summary(doc, report, list(TEXT_METRICS) + (["judge"] if report.judge is not None else []))
     if report.judge is not None:
         _judge(doc, report)

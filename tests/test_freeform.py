@@ -236,3 +236,36 @@ def test_an_embedding_model_without_safetensors_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(AstroVLMError, match="no safetensors weights"):
         text_scores(["a long answer here"], ["a long reference text"], embedding_model=str(tmp_path))
+
+
+def test_uncorrected_exported_answers_are_counted_and_can_be_left_out(
+    tiny_smolvlm, fits_dir, tmp_path, caplog
+):
+    """An export marks each answer corrected or not; eval warns and reports how many references are the
+    model's own uncorrected answers; only_corrected=True leaves them out."""
+    from glue_astrovlm import Conversation, cutout_at, open_image, write_llava_json
+
+    conversation = Conversation(cutout_at(open_image(fits_dir / "HorseHead.fits"), (200, 300), 64))
+    conversation.ask(tiny_smolvlm, "Is there a dark nebula?", max_new_tokens=3)
+    conversation.ask(tiny_smolvlm, "Describe its edge.", max_new_tokens=3)
+    conversation.correct(2, "A bright rim along the western edge.")
+    path = write_llava_json([conversation], tmp_path / "all" / "train.json")
+    turns = json.loads(path.read_text())[0]["conversations"]
+    flags = [t.get("corrected") for t in turns if t["from"] == "gpt"]
+    assert flags == [False, True]
+    dataset = load_dataset(path)
+    assert dataset.items[0].corrected == (False, True)
+    with caplog.at_level("WARNING", logger="glue_astrovlm"):
+        report = evaluate_freeform(tiny_smolvlm, dataset, max_new_tokens=3, n_boot=20)
+    assert "1 of 2 references are a model's own answers that nobody corrected" in caplog.text
+    assert report.uncorrected_references == 1 and report.to_dict()["uncorrected_references"] == 1
+    report.write(tmp_path / "out")
+    assert "WARNING: 1 of the 2 references" in (tmp_path / "out" / "report.md").read_text()
+    only = write_llava_json([conversation], tmp_path / "only" / "train.json", only_corrected=True)
+    (entry,) = json.loads(only.read_text())
+    assert [t["value"] for t in entry["conversations"]] == [
+        "<image>\nDescribe its edge.", "A bright rim along the western edge."]
+    again = evaluate_freeform(tiny_smolvlm, load_dataset(only), max_new_tokens=3, n_boot=20)
+    assert again.uncorrected_references == 0
+    with pytest.raises(AstroVLMError, match="No conversation has a corrected turn to export"):
+        write_llava_json([Conversation(np.ones((8, 8)))], tmp_path / "none.json", only_corrected=True)
