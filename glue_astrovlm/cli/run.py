@@ -264,6 +264,11 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def _answer_text(result) -> str:
+    """The answer as printed: an empty one as ``""``, so that it is seen."""
+    return printable(result.answer) if result.answer else '""'
+
+
 def _print_results(results) -> None:
     for result in results:
         where = printable(result.source_id or "-")
@@ -271,9 +276,9 @@ def _print_results(results) -> None:
             probs = "  ".join(f"{printable(k)}={v:.3f}" for k, v in result.probabilities.items())
             print(f"{where}\t{printable(result.label)}\t{result.confidence:.3f}\t{probs}")
         elif result.turn is not None:
-            print(f"{where}\tturn {result.turn}\t{printable(result.prompt)}\t{printable(result.answer)}")
+            print(f"{where}\tturn {result.turn}\t{printable(result.prompt)}\t{_answer_text(result)}")
         else:
-            print(f"{where}\t{printable(result.answer)}")
+            print(f"{where}\t{_answer_text(result)}")
 
 
 def _described(args, request) -> dict:
@@ -323,7 +328,7 @@ def command_run(args) -> int:
     """``astrovlm classify/ask/describe``; returns the exit status."""
     from ..models.conversing import ContextTooLong
     from ..outputs import RunOutputs
-    from ..results import result_key
+    from ..results import empty_answers_note, result_key
 
     labels = labels_from_args(args) if args.command == "classify" else None  # checked before any work
     if args.command == "classify" and labels is None and not _has_finetune_record(args):
@@ -354,6 +359,9 @@ def command_run(args) -> int:
                              labels.labels if labels else None, described)
         for path in written:
             print(f"wrote {path}", file=sys.stderr)
+        note = empty_answers_note(results)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         counts = collections.Counter(result_key(r.provenance) for r in results)
         complete = sum(n for n in counts.values() if n >= turns)  # rows of cutouts whose conversation ended
         if status is not None:

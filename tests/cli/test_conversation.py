@@ -73,3 +73,26 @@ def test_a_turn_over_the_context_keeps_the_answered_turns(capsys, fits_dir, tmp_
     # here the prompt alone is over the context: a shorter answer would not help, and is not suggested
     assert "before any answer" not in err and "smaller --max-new-tokens" not in err
     assert "Token indices sequence length" not in err
+
+
+def test_an_empty_answer_is_written_as_empty_text_and_counted(capsys, fits_dir, tiny_smolvlm_dir, tmp_path,
+                                                            monkeypatch):
+    from glue_astrovlm.models import conversing
+    from glue_astrovlm.results import EMPTY_ANSWERS_KEY
+
+    real = conversing.text_result
+    turns = []
+
+    def whitespace_on_turn_2(model_image, task, prompt, answer, *rest):  # the model wrote only whitespace
+        turns.append(prompt)
+        return real(model_image, task, prompt, " \n " if len(turns) == 2 else answer, *rest)
+
+    monkeypatch.setattr(conversing, "text_result", whitespace_on_turn_2)
+    status, out, err = run(capsys, "ask", fits_dir / "HorseHead.fits", "Is there a nebula?", "Which side?",
+                           "--pixel", "200", "300", "--size", "64", "--model", tiny_smolvlm_dir, "--dtype",
+                           "float32", "--max-new-tokens", "3", "--out", tmp_path / "talk")
+    assert status == 0, err
+    assert "1 of 2 answer(s) are empty" in err and 'written as ""' in err
+    assert out.splitlines()[1].endswith('\t""')
+    table = Table.read(tmp_path / "talk.ecsv", fill_values=[])
+    assert table["answer"][1] == "" and table.meta[EMPTY_ANSWERS_KEY] == 1
