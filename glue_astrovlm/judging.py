@@ -134,15 +134,46 @@ def parse_verdict(text: str, *, judge: str = "the judge", where: str = "") -> st
     )
 
 
+def _folder_fingerprint(folder: Path) -> str | None:
+    """What identifies a model folder's weights cheaply: its config and, per weights file, the size,
+    the safetensors header and 1 MiB samples at the start, middle and end of the file."""
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    config = folder / "config.json"
+    if not files or not config.is_file():
+        return None
+    digest = hashlib.sha256(config.read_bytes())
+    chunk = 1 << 20
+    try:
+        for file in files:
+            size = file.stat().st_size
+            digest.update(f"{file.name}:{size}".encode())
+            with open(file, "rb") as handle:
+                for start in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+                    handle.seek(start)
+                    digest.update(handle.read(chunk))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def same_model(a: str, b: str) -> bool:
-    """Whether two model names (Hub ids, folders or ``name @ url``) name the same model."""
+    """Whether two model names (Hub ids, folders or ``name @ url``) name the same model.
+
+    Two folders count as the same model when their config and weights files are the same bytes (a
+    copy of the candidate's folder is not an independent judge)."""
 
     def norm(name: str) -> str:
         name = str(name).split(" @ ")[0].split(" (")[0].rstrip("/")
         path = Path(name).expanduser()
         return str(path.resolve()) if path.exists() else name.lower()
 
-    return norm(a) == norm(b)
+    if norm(a) == norm(b):
+        return True
+    paths = [Path(norm(name)) for name in (a, b)]
+    if all(path.is_dir() for path in paths):
+        prints = [_folder_fingerprint(path) for path in paths]
+        return prints[0] is not None and prints[0] == prints[1]
+    return False
 
 
 class Judge:

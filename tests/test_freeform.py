@@ -274,3 +274,22 @@ def test_uncorrected_exported_answers_are_counted_and_can_be_left_out(
     assert again.uncorrected_references == 0
     with pytest.raises(AstroVLMError, match="No conversation has a corrected turn to export"):
         write_llava_json([Conversation(np.ones((8, 8)))], tmp_path / "none.json", only_corrected=True)
+
+
+def test_a_judge_in_a_copy_of_the_candidates_folder_is_the_same_model(
+    tiny_smolvlm, tiny_smolvlm_dir, tiny_llava_dir, conversations, tmp_path
+):
+    import shutil
+
+    copy = shutil.copytree(tiny_smolvlm_dir, tmp_path / "copy")
+    assert same_model(str(tiny_smolvlm_dir), str(copy))
+    assert not same_model(str(tiny_smolvlm_dir), str(tiny_llava_dir))
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other weights, same size and header: another model
+    weights.write_bytes(bytes(data))
+    assert not same_model(str(tiny_smolvlm_dir), str(copy))
+    twin = shutil.copytree(tiny_smolvlm_dir, tmp_path / "twin")
+    report = evaluate_freeform(tiny_smolvlm, load_dataset(conversations), judge=Judge(load_model(twin)),
+                               max_new_tokens=2, limit=1, n_boot=20)
+    assert report.same_model_judge() == [report.systems[0].name]
