@@ -305,6 +305,7 @@ def converse_each(
     `~glue_astrovlm.models.conversing.ContextTooLong`, which says which turn).
     """
     from .models.base import OperationCancelled, as_model_images
+    from .models.conversing import ContextTooLong
 
     model_images = as_model_images(images)
     results: list[Result] = []
@@ -316,12 +317,10 @@ def converse_each(
         try:
             for question in questions:
                 conversation.ask(vlm, question, max_new_tokens=max_new_tokens)
-        except AstroVLMError as error:
-            # the answered turns of this conversation are kept too (a turn over the context stops it)
-            error.results = results + conversation.results()
-            raise
-        except KeyboardInterrupt as error:
-            error.results = list(results)
+        except (AstroVLMError, KeyboardInterrupt) as error:
+            # a turn over the context: the turns answered before it are kept (asking again cannot finish
+            # this conversation); after other stops the conversation is asked again whole on --resume
+            error.results = results + (conversation.results() if isinstance(error, ContextTooLong) else [])
             raise
         finally:
             conversation.backend_state.clear()
