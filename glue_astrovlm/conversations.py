@@ -16,7 +16,7 @@ Examples
 >>> conversation = Conversation(cutout)                         # doctest: +SKIP
 >>> conversation.ask(vlm, "Is there a jet?")                    # doctest: +SKIP
 >>> conversation.ask(vlm, "Which side is brighter?")            # doctest: +SKIP
->>> conversation.correct(1, "The northern lobe is brighter.")   # doctest: +SKIP
+>>> conversation.correct(2, "The northern lobe is brighter.")   # doctest: +SKIP
 >>> write_llava_json([conversation], "corrected/train.json")    # doctest: +SKIP
 """
 
@@ -185,19 +185,29 @@ class Conversation:
                 )
         return messages
 
-    def correct(self, turn: int, answer: str) -> None:
-        """Replace the answer of turn ``turn`` (0-based) by the astronomer's ``answer``.
+    def turn(self, turn: int) -> Turn:
+        """Turn number ``turn``, counted from 1 like `Result.turn` and the table's ``turn`` column."""
+        if isinstance(turn, bool) or not isinstance(turn, int) or not 1 <= turn <= len(self.turns):
+            valid = f"turns are numbered 1 to {len(self.turns)}" if self.turns else "ask a question first"
+            raise AstroVLMError(
+                f"This conversation has {len(self.turns)} turn(s); there is no turn {turn!r} ({valid}, "
+                "like Result.turn)."
+            )
+        return self.turns[turn - 1]
 
-        The model's answer is kept in ``turns[turn].answer``; later questions and exports use the
-        correction.
+    def correct(self, turn: int, answer: str) -> None:
+        """Replace the answer of turn ``turn`` by the astronomer's ``answer``.
+
+        Turns are numbered from 1, like `Result.turn` and the table's ``turn`` column:
+        ``conversation.correct(result.turn, ...)`` corrects the turn that gave ``result``. The model's
+        answer is kept in ``turns[turn - 1].answer``; later questions and exports use the correction.
         """
-        if not 0 <= turn < len(self.turns):
-            raise AstroVLMError(f"This conversation has {len(self.turns)} turn(s); there is no turn {turn}.")
+        entry = self.turn(turn)
         if not isinstance(answer, str) or not answer.strip():
             raise AstroVLMError(
                 "A corrected answer must be text; leave the turn as it is to keep the model's."
             )
-        self.turns[turn].corrected = answer.strip()
+        entry.corrected = answer.strip()
 
     def results(self) -> list[Result]:
         """The results of every turn, in order."""
@@ -257,16 +267,24 @@ class Conversation:
             ) from None
         return conversation
 
-    def to_llava(self, image_file: str | Sequence[str]) -> dict:
-        """The LLaVA-style entry of this conversation (corrected answers), naming ``image_file``."""
-        if not self.turns:
-            raise AstroVLMError(
-                f"The conversation {self.title!r} has no turn to export; ask a question first."
-            )
+    def to_llava(self, image_file: str | Sequence[str], *, only_corrected: bool = False) -> dict:
+        """The LLaVA-style entry of this conversation (corrected answers), naming ``image_file``.
+
+        Each gpt turn says whether an astronomer corrected it (``"corrected": true`` or ``false``; a key
+        that training ignores and ``astrovlm eval`` reads). ``only_corrected`` keeps only the corrected
+        turns (a later question then loses the dropped turns as context).
+        """
+        turns = [t for t in self.turns if t.corrected is not None] if only_corrected else self.turns
+        if not turns:
+            what = "no corrected turn to export" if self.turns else "no turn to export; ask a question first"
+            raise AstroVLMError(f"The conversation {self.title!r} has {what}.")
         lines = []
-        for index, turn in enumerate(self.turns):
+        for index, turn in enumerate(turns):
             question = ("<image>\n" * len(self.images) + turn.question) if index == 0 else turn.question
-            lines += [{"from": "human", "value": question}, {"from": "gpt", "value": turn.final_answer}]
+            lines += [
+                {"from": "human", "value": question},
+                {"from": "gpt", "value": turn.final_answer, "corrected": turn.corrected is not None},
+            ]
         image = image_file if isinstance(image_file, str) or len(image_file) != 1 else image_file[0]
         return {
             "id": self.id,
@@ -282,9 +300,12 @@ def converse_each(
 
     A conversation is the unit of work: ``progress(done, total)`` counts images whose conversation
     finished, ``cancel`` stops between images (`OperationCancelled` carries the finished turns), and
-    an error carries, as its ``results``, the turns of the conversations that finished before it.
+    an error carries, as its ``results``, the turns of the conversations that finished before it and
+    the turns already answered in the conversation it stopped (a turn over the model's context:
+    `~glue_astrovlm.models.conversing.ContextTooLong`, which says which turn).
     """
     from .models.base import OperationCancelled, as_model_images
+    from .models.conversing import ContextTooLong
 
     model_images = as_model_images(images)
     results: list[Result] = []
@@ -297,7 +318,9 @@ def converse_each(
             for question in questions:
                 conversation.ask(vlm, question, max_new_tokens=max_new_tokens)
         except (AstroVLMError, KeyboardInterrupt) as error:
-            error.results = list(results)
+            # a turn over the context: the turns answered before it are kept (asking again cannot finish
+            # this conversation); after other stops the conversation is asked again whole on --resume
+            error.results = results + (conversation.results() if isinstance(error, ContextTooLong) else [])
             raise
         finally:
             conversation.backend_state.clear()
@@ -308,12 +331,18 @@ def converse_each(
 
 
 def write_llava_json(
-    conversations: Sequence[Conversation], path: str | os.PathLike, *, overwrite: bool = False
+    conversations: Sequence[Conversation],
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    only_corrected: bool = False,
 ) -> Path:
     """Export conversations as LLaVA-style JSON with their pictures, ready for ``astrovlm finetune``.
 
     The pictures the model saw are written as PNG files into ``images/`` beside ``path``; answers are
-    the corrected ones where an astronomer corrected them.
+    the corrected ones where an astronomer corrected them, and each answer says which it is
+    (``"corrected": true`` or ``false``, ignored by training): ``astrovlm eval`` on such a file
+    counts the references that are the model's own uncorrected answers.
 
     Parameters
     ----------
@@ -322,12 +351,20 @@ def write_llava_json(
         The JSON file to write.
     overwrite : bool, optional
         Replace an existing file (the default refuses).
+    only_corrected : bool, optional
+        Keep only the turns an astronomer corrected (conversations without one are left out), so
+        that no reference or training target is the model's own answer.
 
     Returns
     -------
     pathlib.Path
         ``path``.
     """
+    if only_corrected:
+        conversations = [c for c in conversations if any(t.corrected is not None for t in c.turns)]
+        if not conversations:
+            raise AstroVLMError("No conversation has a corrected turn to export; correct an answer first, "
+                                "or export without only_corrected.")
     conversations = [c for c in conversations if c.turns]
     if not conversations:
         raise AstroVLMError("No conversation has a turn to export; ask a question first.")
@@ -343,7 +380,7 @@ def write_llava_json(
             name = f"images/{conversation.id}-{index}.png"
             model_image.image.save(path.parent / name)
             names.append(name)
-        entries.append(conversation.to_llava(names))
+        entries.append(conversation.to_llava(names, only_corrected=only_corrected))
     text = json.dumps(entries, indent=1)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
 

@@ -80,6 +80,10 @@ class ImageItem:
         FITS HDU.
     item_id : str
         Identifier, by default the file name without its suffix (plus the catalogue row).
+    corrected : tuple of (bool or None) or None
+        For each assistant turn of ``conversation``: the ``"corrected"`` flag an export by
+        `~glue_astrovlm.write_llava_json` gives it (``False``: the model's own, uncorrected answer),
+        `None` where the data does not say.
     """
 
     path: Path
@@ -90,6 +94,7 @@ class ImageItem:
     size: Any = None
     hdu: int | str | None = None
     item_id: str = ""
+    corrected: tuple | None = None
 
     def cutout(self, stretch: Stretch | None = None, crop: float = 1.0):
         """The `~glue_astrovlm.Cutout` a model sees for this item.
@@ -523,6 +528,18 @@ def _conversation_turns(entry: dict, index: int, path: Path) -> tuple[tuple[str,
     return tuple(out)
 
 
+def _corrected_flags(entry: dict) -> tuple:
+    """The ``"corrected"`` flag of each assistant turn (`write_llava_json` writes it), None if absent."""
+    flags = []
+    for turn in entry.get("conversations", entry.get("messages")) or []:
+        if not isinstance(turn, dict):
+            continue
+        if _ROLES.get(str(turn.get("from", turn.get("role", ""))).lower()) == "assistant":
+            flag = turn.get("corrected")
+            flags.append(flag if isinstance(flag, bool) else None)
+    return tuple(flags)
+
+
 def load_llava_json(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> ImageDataset:
     """LLaVA-style conversation data (AstroLLaVA, radio-llava).
 
@@ -556,7 +573,8 @@ def load_llava_json(path: str | os.PathLike, *, image_root: str | os.PathLike | 
         file = Path(image).expanduser()
         file = file if file.is_absolute() else root / file
         items.append(ImageItem(path=file, conversation=_conversation_turns(entry, index, path),
-                               item_id=str(entry.get("id", _stem(file)))))
+                               item_id=str(entry.get("id", _stem(file))),
+                               corrected=_corrected_flags(entry)))
     _check_files([item.path for item in items], str(path))
     return ImageDataset(_unique_ids(items), "conversation", str(path))
 

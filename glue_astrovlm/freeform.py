@@ -82,7 +82,9 @@ def _cases(dataset, stretch, crop) -> list[dict]:
         except AstroVLMError as error:
             raise AstroVLMError(f"Cannot evaluate image {item.path} ({item.item_id}): {error}") from None
         turns = item.turns()
+        flags = getattr(item, "corrected", None) or ()
         for index in range(1, len(turns), 2):
+            flag = flags[index // 2] if index // 2 < len(flags) else None
             cases.append(
                 {
                     "item": item.item_id,
@@ -91,6 +93,7 @@ def _cases(dataset, stretch, crop) -> list[dict]:
                     "question": turns[index - 1][1],
                     "reference": turns[index][1],
                     "history": turns[: index - 1],
+                    "uncorrected": flag is False,  # an exported model answer nobody corrected
                 }
             )
     return cases
@@ -110,13 +113,23 @@ def _answer(system, cases: list[dict], max_new_tokens: int, progress) -> list[st
         result = conversation.ask(
             system.vlm, case["question"], max_new_tokens=max_new_tokens, adapter=system.adapter
         )
-        conversation.correct(
-            len(conversation.turns) - 1, case["reference"]
-        )  # the next turn sees the reference
+        conversation.correct(result.turn, case["reference"])  # the next turn sees the reference
         answers.append(result.answer)
         if progress is not None:
             progress(1)
     return answers
+
+
+def _warn_uncorrected(cases: list[dict]) -> int:
+    """How many references are a model's own exported answers nobody corrected; warns if any."""
+    uncorrected = sum(case["uncorrected"] for case in cases)
+    if uncorrected:
+        log.warning(
+            "%d of %d references are a model's own answers that nobody corrected (\"corrected\": false in "
+            "the export); they score the model that gave them against itself. Export with "
+            "only_corrected=True to leave them out.", uncorrected, len(cases)
+        )
+    return uncorrected
 
 
 def evaluate_freeform(
@@ -168,6 +181,7 @@ def evaluate_freeform(
     systems = [s if isinstance(s, System) else System(_system_name(s), s) for s in systems]
     dataset = dataset.sample(limit, seed)
     cases = _cases(dataset, stretch, crop)
+    uncorrected = _warn_uncorrected(cases)
     done = []
     for system in systems:
         began = time.perf_counter()
@@ -193,7 +207,9 @@ def evaluate_freeform(
             )
         )
         log.info("%s: %d questions answered in %.1f s", system.name, len(own), seconds)
-    return FreeformReport(dataset, done, judge, embedding_model, n_boot=n_boot, seed=seed)
+    return FreeformReport(
+        dataset, done, judge, embedding_model, n_boot=n_boot, seed=seed, uncorrected_references=uncorrected
+    )
 
 
 @dataclass
@@ -207,6 +223,8 @@ class FreeformReport:
     n_boot: int = 2000
     seed: int = 0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    #: References that are a model's own exported answers, never corrected (``"corrected": false``).
+    uncorrected_references: int = 0
 
     def same_model_judge(self) -> list[str]:
         """The systems whose model is also the judge (their judged scores are not independent)."""
@@ -239,6 +257,7 @@ class FreeformReport:
                 "created": self.created,
                 "data": self.dataset.describe(),
                 "questions": len(self.systems[0].cases) if self.systems else 0,
+                "uncorrected_references": self.uncorrected_references,
                 "judge": judge,
                 "embedding_model": self.embedding_model,
                 "systems": {

@@ -61,11 +61,19 @@ def _judge(doc, report) -> None:
             "another judge (--judge) for a comparison that counts."
         )
     reliability = report.reliability()
-    doc.para(
-        f"Reliability over {reliability['n']} answers: the judge gave the same verdict when asked twice in "
-        f"{reliability['repeat']:.1%} of cases, and when the reference and the answer were shown in the "
-        f"other order in {reliability['swap']:.1%}."
-    )
+    if judge.method == "score" or math.isnan(reliability["repeat"]):
+        doc.para(
+            f"Reliability over {reliability['n']} answers: the judge gave the same verdict when the reference "
+            f"and the answer were shown in the other order in {reliability['swap']:.1%} of cases. It was not "
+            "asked twice: scoring the verdicts (method score) is deterministic, so a repeat would agree by "
+            "construction and say nothing of its reliability."
+        )
+    else:
+        doc.para(
+            f"Reliability over {reliability['n']} answers: the judge gave the same verdict when asked twice "
+            f"in {reliability['repeat']:.1%} of cases, and when the reference and the answer were shown in "
+            f"the other order in {reliability['swap']:.1%}."
+        )
     rows = []
     for system in report.systems:
         counts = {}
@@ -91,6 +99,13 @@ def render(report, format: str) -> str:
         f"is counted). Each question is asked in a conversation about the image whose earlier turns carry "
         f"the reference answers. Generated {report.created} by glue-astrovlm."
     )
+    if report.uncorrected_references:
+        doc.para(
+            f"WARNING: {report.uncorrected_references} of the {questions} references are a model's own "
+            "answers that nobody corrected (marked \"corrected\": false in the export): the model that gave "
+            "them is scored against itself there. Export only the corrected turns "
+            "(write_llava_json(..., only_corrected=True)) for references that count."
+        )
     _summary(doc, report, list(TEXT_METRICS) + (["judge"] if report.judge is not None else []))
     if report.judge is not None:
         _judge(doc, report)

@@ -10,9 +10,11 @@ one of `VERDICTS` (scored 1, 0.5 and 0). Two ways to ask it:
 - ``method='generate'``: the judge writes its verdict; `parse_verdict` reads it, and an answer
   outside the rubric raises `JudgeOutsideRubric` naming the judge, the question and what it said.
 
-Every answer is judged three times: twice as asked (``repeat`` 0 and 1) and once with the reference
-and the answer in the other order. `agreement` reports how often the verdicts agree, the judge's
-reliability. The rubric's hash (`rubric_hash`) is saved with every verdict.
+A written verdict (``generate``) is asked three times: twice as asked (``repeat`` 0 and 1) and once
+with the reference and the answer in the other order. A scored verdict is deterministic (the same
+prompt always gets the same probabilities), so asking twice would agree by construction: it is
+asked as given and in the other order only. `agreement` reports how often the verdicts agree, the
+judge's reliability. The rubric's hash (`rubric_hash`) is saved with every verdict.
 """
 
 from __future__ import annotations
@@ -132,15 +134,46 @@ def parse_verdict(text: str, *, judge: str = "the judge", where: str = "") -> st
     )
 
 
+def _folder_fingerprint(folder: Path) -> str | None:
+    """What identifies a model folder's weights cheaply: its config and, per weights file, the size,
+    the safetensors header and 1 MiB samples at the start, middle and end of the file."""
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    config = folder / "config.json"
+    if not files or not config.is_file():
+        return None
+    digest = hashlib.sha256(config.read_bytes())
+    chunk = 1 << 20
+    try:
+        for file in files:
+            size = file.stat().st_size
+            digest.update(f"{file.name}:{size}".encode())
+            with open(file, "rb") as handle:
+                for start in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+                    handle.seek(start)
+                    digest.update(handle.read(chunk))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def same_model(a: str, b: str) -> bool:
-    """Whether two model names (Hub ids, folders or ``name @ url``) name the same model."""
+    """Whether two model names (Hub ids, folders or ``name @ url``) name the same model.
+
+    Two folders count as the same model when their config and weights files are the same bytes (a
+    copy of the candidate's folder is not an independent judge)."""
 
     def norm(name: str) -> str:
         name = str(name).split(" @ ")[0].split(" (")[0].rstrip("/")
         path = Path(name).expanduser()
         return str(path.resolve()) if path.exists() else name.lower()
 
-    return norm(a) == norm(b)
+    if norm(a) == norm(b):
+        return True
+    paths = [Path(norm(name)) for name in (a, b)]
+    if all(path.is_dir() for path in paths):
+        prints = [_folder_fingerprint(path) for path in paths]
+        return prints[0] is not None and prints[0] == prints[1]
+    return False
 
 
 class Judge:
@@ -193,13 +226,21 @@ class Judge:
     def _adapter(self) -> dict:
         return {"adapter": None} if getattr(self.vlm, "adapters", None) else {}
 
+    @property
+    def asks(self) -> tuple:
+        """The ``(order, repeat)`` of each judgement of an answer: a written verdict is asked twice as
+        given (its repeat check), a scored one once, as scoring is deterministic; both once swapped."""
+        if self.method == "score":
+            return ((ORDERS[0], 0), (ORDERS[1], 0))
+        return ((ORDERS[0], 0), (ORDERS[0], 1), (ORDERS[1], 0))
+
     def judge_all(self, system: str, cases: Sequence[dict], progress=None) -> list[Verdict]:
-        """Judge every case (``item``, ``turn``, ``image``, ``question``, ``reference``, ``answer``) three
-        times: twice as asked and once with reference and answer swapped."""
+        """Judge every case (``item``, ``turn``, ``image``, ``question``, ``reference``, ``answer``) as
+        `asks` says: as asked (twice for a written verdict) and once with reference and answer swapped."""
         verdicts = []
         for case in cases:
             where = f" about {case['item']} turn {case['turn']}"
-            for order, repeat in ((ORDERS[0], 0), (ORDERS[0], 1), (ORDERS[1], 0)):
+            for order, repeat in self.asks:
                 verdict, raw = self.judge(
                     case["image"], case["question"], case["reference"], case["answer"], order, where
                 )
@@ -224,16 +265,18 @@ class Judge:
 def agreement(verdicts: Sequence[Verdict]) -> dict:
     """How often the judge agrees with itself: the same answer judged twice, and with the order swapped.
 
-    Returns ``{"repeat": fraction, "swap": fraction, "n": answers}`` (NaN fractions without answers).
+    Returns ``{"repeat": fraction, "swap": fraction, "n": answers}`` (NaN fractions without answers;
+    ``repeat`` is NaN where no answer was judged twice, as with ``method='score'``).
     """
     by_case: dict[tuple, dict] = {}
     for v in verdicts:
         by_case.setdefault((v.system, v.item, v.turn), {})[(v.order, v.repeat)] = v.verdict
-    repeat = [c[(ORDERS[0], 0)] == c[(ORDERS[0], 1)] for c in by_case.values() if len(c) == 3]
-    swap = [c[(ORDERS[0], 0)] == c[(ORDERS[1], 0)] for c in by_case.values() if len(c) == 3]
+    first, again, swapped = (ORDERS[0], 0), (ORDERS[0], 1), (ORDERS[1], 0)
+    repeat = [c[first] == c[again] for c in by_case.values() if first in c and again in c]
+    swap = [c[first] == c[swapped] for c in by_case.values() if first in c and swapped in c]
     nan = float("nan")
     return {
         "repeat": sum(repeat) / len(repeat) if repeat else nan,
         "swap": sum(swap) / len(swap) if swap else nan,
-        "n": len(repeat),
+        "n": len(swap),
     }

@@ -187,6 +187,21 @@ def result_key(provenance_or_row) -> str:
     return "|".join(parts)
 
 
+#: Table metadata key: how many answers are empty (the model wrote only whitespace), written as "".
+EMPTY_ANSWERS_KEY = "astrovlm_empty_answers"
+
+
+def empty_answers_note(results: Sequence[Result]) -> str | None:
+    """A line saying how many answers are empty, or None when none is."""
+    answers = [r for r in results if r.task != "classify"]
+    empty = sum(1 for r in answers if not (r.answer or "").strip())
+    if not empty:
+        return None
+    return (f"{empty} of {len(answers)} answer(s) are empty (the model wrote only whitespace); they are "
+            f'written as "" and counted in the table\'s {EMPTY_ANSWERS_KEY} (astropy reads an empty text '
+            'cell back as masked; Table.read(..., fill_values=[]) keeps it "").')
+
+
 def results_to_table(results: Sequence[Result]):
     """An astropy `~astropy.table.Table` with one row per result.
 
@@ -215,6 +230,9 @@ def results_to_table(results: Sequence[Result]):
     for name in ("ra", "dec"):
         table[name].unit = "deg"
     table.meta["generator"] = "glue-astrovlm"
+    empty = sum(1 for r in results if r.task != "classify" and not (r.answer or "").strip())
+    if empty:  # written as ""; astropy reads an empty text cell back as masked
+        table.meta[EMPTY_ANSWERS_KEY] = empty
     if prob_columns:
         table.meta["probability_columns"] = {column: label for label, column in prob_columns.items()}
     return table

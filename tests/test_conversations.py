@@ -81,16 +81,29 @@ def test_image_is_encoded_once_and_the_cache_gives_the_fresh_answer(family, pict
 def test_a_corrected_answer_is_what_later_turns_see(tiny_smolvlm, picture):
     conversation = Conversation(picture)
     conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=4)
-    conversation.correct(0, "Yes, a one-sided jet to the north.")
+    conversation.correct(1, "Yes, a one-sided jet to the north.")
     follow_up = conversation.ask(tiny_smolvlm, "Which side is brighter?", max_new_tokens=4)
     assert conversation.messages()[1]["content"][0]["text"] == "Yes, a one-sided jet to the north."
     fresh = Conversation(picture)
     fresh.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=4)
-    fresh.correct(0, "Yes, a one-sided jet to the north.")
+    fresh.correct(1, "Yes, a one-sided jet to the north.")
     fresh.backend_state.clear()
     assert fresh.ask(tiny_smolvlm, "Which side is brighter?", max_new_tokens=4).answer == follow_up.answer
     with pytest.raises(AstroVLMError, match="no turn 5"):
         conversation.correct(5, "x")
+
+
+def test_turns_are_numbered_from_1_everywhere(tiny_smolvlm, picture):
+    conversation = Conversation(picture)
+    first = conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=3)
+    second = conversation.ask(tiny_smolvlm, "Which side is brighter?", max_new_tokens=3)
+    conversation.correct(first.turn, "Yes.")
+    assert conversation.turns[0].corrected == "Yes." and conversation.turns[1].corrected is None
+    conversation.correct(second.turn, "The north.")
+    assert conversation.turns[1].corrected == "The north."
+    for wrong in (0, 3, -1):
+        with pytest.raises(AstroVLMError, match="turns are numbered 1 to 2"):
+            conversation.correct(wrong, "x")
 
 
 def test_a_conversation_longer_than_the_context_is_refused(tmp_path, picture):
@@ -99,7 +112,7 @@ def test_a_conversation_longer_than_the_context_is_refused(tmp_path, picture):
     vlm = load_model(build_smolvlm(tmp_path / "short", max_position_embeddings=160), dtype="float32")
     assert context_length(vlm) == 160
     conversation = Conversation(picture)
-    with pytest.raises(AstroVLMError, match=r"would not fit the 160 tokens .* Nothing was cut"):
+    with pytest.raises(AstroVLMError, match=r"the 160 tokens .* Nothing was cut"):
         for _ in range(20):
             conversation.ask(vlm, "Describe the brightest source and its surroundings.", max_new_tokens=8)
     assert 0 < len(conversation.turns) < 20  # the refused turn is not recorded; the earlier ones are kept
@@ -109,7 +122,7 @@ def test_export_of_a_corrected_conversation_reads_back_as_training_data(tiny_smo
     conversation = Conversation(picture)
     conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=4)
     conversation.ask(tiny_smolvlm, "Which side is brighter?", max_new_tokens=4)
-    conversation.correct(1, "The northern side.")
+    conversation.correct(2, "The northern side.")
     path = write_llava_json([conversation, Conversation(picture)], tmp_path / "train.json")
     entries = json.loads(path.read_text())
     assert len(entries) == 1  # a conversation without turns has nothing to learn from
@@ -124,7 +137,7 @@ def test_export_of_a_corrected_conversation_reads_back_as_training_data(tiny_smo
 def test_saved_conversation_comes_back_with_its_corrections(tiny_smolvlm, picture):
     conversation = Conversation(picture, title="subset 1")
     result = conversation.ask(tiny_smolvlm, "Is there a jet?", max_new_tokens=4)
-    conversation.correct(0, "No.")
+    conversation.correct(result.turn, "No.")
     data = json.loads(json.dumps(conversation.to_dict()))
     restored = Conversation.from_dict(data)
     assert restored.id == conversation.id and restored.title == "subset 1"
@@ -194,3 +207,21 @@ def test_only_the_most_recent_conversations_keep_a_cache(tiny_smolvlm, picture):
     assert all("local" in c.backend_state for c in conversations[1:])
     again = conversations[0].ask(tiny_smolvlm, "Which side?", max_new_tokens=2)  # encoded again, answered
     assert again.turn == 2 and conversations[0].backend_state["reused_tokens"] == 0
+
+
+def test_a_turn_over_the_context_says_which_and_only_helpful_advice(tmp_path, picture, caplog):
+    from glue_astrovlm.models.conversing import ContextTooLong
+    from glue_astrovlm.testing import build_smolvlm
+
+    vlm = load_model(build_smolvlm(tmp_path / "short", max_position_embeddings=160), dtype="float32")
+    conversation = Conversation(picture)
+    with pytest.raises(ContextTooLong) as refused:  # the prompt fits, the prompt and the answer do not
+        conversation.ask(vlm, "Is there a jet?", max_new_tokens=150)
+    assert refused.value.turn == 1 and not refused.value.prompt_alone
+    assert "max_new_tokens" in str(refused.value)
+    with pytest.raises(ContextTooLong) as refused:  # the prompt alone is over: no "shorter answer"
+        for _ in range(40):
+            conversation.ask(vlm, "Describe the brightest source and its surroundings.", max_new_tokens=1)
+    assert refused.value.prompt_alone and refused.value.turn == len(conversation.turns) + 1
+    assert "max_new_tokens" not in str(refused.value) and "before any answer" in str(refused.value)
+    assert "Token indices sequence length" not in caplog.text

@@ -124,6 +124,8 @@ def test_agreement_counts_repeats_and_swaps():
         v("b", "answer first", 0, "wrong"),
     ]
     assert agreement(verdicts) == {"repeat": 0.5, "swap": 0.5, "n": 2}
+    scored = agreement([x for x in verdicts if x.repeat == 0])  # method score: no repeats
+    assert np.isnan(scored["repeat"]) and scored["swap"] == 0.5 and scored["n"] == 2
 
 
 def test_same_model_is_recognised(tmp_path):
@@ -147,7 +149,7 @@ def test_every_question_is_answered_scored_and_judged(
     )
     (system,) = report.systems
     assert [(c["item"], c["turn"]) for c in system.cases] == [("a", 1), ("a", 2), ("b", 1)]
-    assert len(system.verdicts) == 3 * 3 and {v.verdict for v in system.verdicts} <= {
+    assert len(system.verdicts) == 3 * 2 and {v.verdict for v in system.verdicts} <= {
         "correct",
         "partially correct",
         "wrong",
@@ -167,11 +169,14 @@ def test_every_question_is_answered_scored_and_judged(
     lines = [
         json.loads(line) for line in (tmp_path / "out" / "judge_verdicts.jsonl").read_text().splitlines()
     ]
-    assert len(lines) == 9 and {line["prompt_hash"] for line in lines} == {judge.prompt_hash}
+    assert len(lines) == 6 and {line["prompt_hash"] for line in lines} == {judge.prompt_hash}
     assert all(set(line["raw"]) == {"correct", "partially correct", "wrong"} for line in lines)
     assert len(Table.read(tmp_path / "out" / "per_question.ecsv")) == 3
     text = (tmp_path / "out" / "report.md").read_text()
     assert f"Judge: {judge.name}" in text and "Reliability over 3 answers" in text and "WARNING" not in text
+    # scoring is deterministic: no "asked twice" check (trivially 100%), only the swapped order
+    assert {v.repeat for v in system.verdicts} == {0} and "same verdict when asked twice" not in text
+    assert "It was not asked twice" in text and "other order in" in text
     with pytest.raises(AstroVLMError, match="already holds"):
         report.write(tmp_path / "out", format="md")
 
@@ -203,7 +208,7 @@ def test_a_served_model_judges(served, tiny_smolvlm, conversations):
         report = evaluate_freeform(
             tiny_smolvlm, load_dataset(conversations), judge=Judge(remote), max_new_tokens=3, n_boot=50
         )
-        assert len(report.systems[0].verdicts) == 9 and report.judge.name == remote.name
+        assert len(report.systems[0].verdicts) == 6 and report.judge.name == remote.name
         # the served model is the same architecture, built anew: not the candidate's folder
         assert report.same_model_judge() == []
         with pytest.raises(JudgeOutsideRubric, match="outside the rubric"):
@@ -236,3 +241,55 @@ def test_an_embedding_model_without_safetensors_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(AstroVLMError, match="no safetensors weights"):
         text_scores(["a long answer here"], ["a long reference text"], embedding_model=str(tmp_path))
+
+
+def test_uncorrected_exported_answers_are_counted_and_can_be_left_out(
+    tiny_smolvlm, fits_dir, tmp_path, caplog
+):
+    """An export marks each answer corrected or not; eval warns and reports how many references are the
+    model's own uncorrected answers; only_corrected=True leaves them out."""
+    from glue_astrovlm import Conversation, cutout_at, open_image, write_llava_json
+
+    conversation = Conversation(cutout_at(open_image(fits_dir / "HorseHead.fits"), (200, 300), 64))
+    conversation.ask(tiny_smolvlm, "Is there a dark nebula?", max_new_tokens=3)
+    conversation.ask(tiny_smolvlm, "Describe its edge.", max_new_tokens=3)
+    conversation.correct(2, "A bright rim along the western edge.")
+    path = write_llava_json([conversation], tmp_path / "all" / "train.json")
+    turns = json.loads(path.read_text())[0]["conversations"]
+    flags = [t.get("corrected") for t in turns if t["from"] == "gpt"]
+    assert flags == [False, True]
+    dataset = load_dataset(path)
+    assert dataset.items[0].corrected == (False, True)
+    with caplog.at_level("WARNING", logger="glue_astrovlm"):
+        report = evaluate_freeform(tiny_smolvlm, dataset, max_new_tokens=3, n_boot=20)
+    assert "1 of 2 references are a model's own answers that nobody corrected" in caplog.text
+    assert report.uncorrected_references == 1 and report.to_dict()["uncorrected_references"] == 1
+    report.write(tmp_path / "out")
+    assert "WARNING: 1 of the 2 references" in (tmp_path / "out" / "report.md").read_text()
+    only = write_llava_json([conversation], tmp_path / "only" / "train.json", only_corrected=True)
+    (entry,) = json.loads(only.read_text())
+    assert [t["value"] for t in entry["conversations"]] == [
+        "<image>\nDescribe its edge.", "A bright rim along the western edge."]
+    again = evaluate_freeform(tiny_smolvlm, load_dataset(only), max_new_tokens=3, n_boot=20)
+    assert again.uncorrected_references == 0
+    with pytest.raises(AstroVLMError, match="No conversation has a corrected turn to export"):
+        write_llava_json([Conversation(np.ones((8, 8)))], tmp_path / "none.json", only_corrected=True)
+
+
+def test_a_judge_in_a_copy_of_the_candidates_folder_is_the_same_model(
+    tiny_smolvlm, tiny_smolvlm_dir, tiny_llava_dir, conversations, tmp_path
+):
+    import shutil
+
+    copy = shutil.copytree(tiny_smolvlm_dir, tmp_path / "copy")
+    assert same_model(str(tiny_smolvlm_dir), str(copy))
+    assert not same_model(str(tiny_smolvlm_dir), str(tiny_llava_dir))
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other weights, same size and header: another model
+    weights.write_bytes(bytes(data))
+    assert not same_model(str(tiny_smolvlm_dir), str(copy))
+    twin = shutil.copytree(tiny_smolvlm_dir, tmp_path / "twin")
+    report = evaluate_freeform(tiny_smolvlm, load_dataset(conversations), judge=Judge(load_model(twin)),
+                               max_new_tokens=2, limit=1, n_boot=20)
+    assert report.same_model_judge() == [report.systems[0].name]

@@ -8,6 +8,7 @@ marked partial, and the exit status says so (130, 143, 2). ``--resume`` continue
 
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 import sys
@@ -263,6 +264,11 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def _answer_text(result) -> str:
+    """The answer as printed: an empty one as ``""``, so that it is seen."""
+    return printable(result.answer) if result.answer else '""'
+
+
 def _print_results(results) -> None:
     for result in results:
         where = printable(result.source_id or "-")
@@ -270,9 +276,9 @@ def _print_results(results) -> None:
             probs = "  ".join(f"{printable(k)}={v:.3f}" for k, v in result.probabilities.items())
             print(f"{where}\t{printable(result.label)}\t{result.confidence:.3f}\t{probs}")
         elif result.turn is not None:
-            print(f"{where}\tturn {result.turn}\t{printable(result.prompt)}\t{printable(result.answer)}")
+            print(f"{where}\tturn {result.turn}\t{printable(result.prompt)}\t{_answer_text(result)}")
         else:
-            print(f"{where}\t{printable(result.answer)}")
+            print(f"{where}\t{_answer_text(result)}")
 
 
 def _described(args, request) -> dict:
@@ -303,10 +309,26 @@ def _write(outputs, results, total: int, labels, described) -> list[Path]:
             from None
 
 
+def _context_advice(error, turns: int, kept: int) -> str:
+    """The CLI's words for a turn over the model's context: which turn, what was kept, which options help."""
+    question = error.question if len(error.question) <= 60 else error.question[:57] + "..."
+    if error.length is not None and error.limit is not None:
+        size = f"{error.length} prompt tokens for a model that reads {error.limit}"
+        if not error.prompt_alone:
+            size += f", with up to {error.max_new_tokens} (--max-new-tokens) for the answer"
+    else:
+        size = "refused by the server as too long"
+    shorter = "" if error.prompt_alone else ", or a smaller --max-new-tokens"
+    kept_text = f"The {kept} turn(s) answered before it are kept in the table. " if kept else ""
+    return (f"Turn {error.turn} of {turns} ({question!r}) did not fit the model's context ({size}); "
+            f"nothing was cut. {kept_text}Ask fewer or shorter questions{shorter}.")
+
+
 def command_run(args) -> int:
     """``astrovlm classify/ask/describe``; returns the exit status."""
+    from ..models.conversing import ContextTooLong
     from ..outputs import RunOutputs
-    from ..results import result_key
+    from ..results import empty_answers_note, result_key
 
     labels = labels_from_args(args) if args.command == "classify" else None  # checked before any work
     if args.command == "classify" and labels is None and not _has_finetune_record(args):
@@ -337,11 +359,19 @@ def command_run(args) -> int:
                              labels.labels if labels else None, described)
         for path in written:
             print(f"wrote {path}", file=sys.stderr)
+        note = empty_answers_note(results)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        counts = collections.Counter(result_key(r.provenance) for r in results)
+        complete = sum(n for n in counts.values() if n >= turns)  # rows of cutouts whose conversation ended
         if status is not None:
-            finished = len({result_key(r.provenance) for r in results}) + len(
+            finished = sum(1 for n in counts.values() if n >= turns) + len(
                 done & {result_key(c.provenance) for c in prepared.cutouts})
-            where = f"; written to {written[0]} (marked partial), continue with --resume" if written else ""
+            again = "" if isinstance(error, ContextTooLong) else ", continue with --resume"
+            where = f"; written to {written[0]} (marked partial){again}" if written else ""
             print(f"partial: {finished} of {len(prepared.cutouts)} cutouts done{where}.", file=sys.stderr)
+        if isinstance(error, ContextTooLong):
+            raise AstroVLMError(_context_advice(error, turns, len(results) - complete)) from None
         if error is not None:
             raise error
         return status or 0

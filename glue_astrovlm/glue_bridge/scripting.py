@@ -255,7 +255,8 @@ class GlueVLM:
         return result
 
     def correct(self, title: str, turn: int, answer: str) -> None:
-        """Correct the answer of ``turn`` (0-based) in the active conversation about ``title``."""
+        """Correct the answer of ``turn`` (numbered from 1, like `Result.turn`) in the active
+        conversation about ``title``."""
         conversation = self.active_conversation(title)
         if conversation is None:
             raise AstroVLMError(f"There is no conversation about {title}; ask a question first.")

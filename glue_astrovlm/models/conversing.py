@@ -22,7 +22,7 @@ from ..errors import AstroVLMError
 from ..results import Result
 from .base import text_result
 
-__all__ = ["local_turn", "remote_turn", "context_length"]
+__all__ = ["local_turn", "remote_turn", "context_length", "ContextTooLong"]
 
 log = logging.getLogger("glue_astrovlm")
 
@@ -62,12 +62,40 @@ def context_length(vlm) -> int | None:
     return int(value) if value else None
 
 
-def _too_long(vlm, conversation, length: int, max_new_tokens: int, limit: int) -> AstroVLMError:
-    return AstroVLMError(
-        f"This conversation ({len(conversation.turns)} earlier turn(s) and the new question) is {length} "
-        f"tokens, and with up to {max_new_tokens} for the answer it would not fit the {limit} tokens "
-        f"{vlm.name} reads at once. Nothing was cut and nothing was asked: start a new conversation (this "
-        "one keeps its turns), or ask for a shorter answer (max_new_tokens)."
+class ContextTooLong(AstroVLMError):
+    """A turn that would not fit the model's context; nothing was asked and nothing was cut.
+
+    ``turn`` is the 1-based number the refused turn would have had; ``length`` the prompt's tokens (or
+    None when a server refused it), ``limit`` the context, ``prompt_alone`` whether the prompt by itself
+    is already over the context (a shorter answer would not help then).
+    """
+
+    def __init__(self, message: str, *, turn: int, question: str, length: int | None = None,
+                 max_new_tokens: int | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.turn, self.question, self.length = turn, question, length
+        self.max_new_tokens, self.limit = max_new_tokens, limit
+
+    @property
+    def prompt_alone(self) -> bool:
+        return self.length is not None and self.limit is not None and self.length >= self.limit
+
+
+def _too_long(vlm, conversation, question: str, length: int, max_new_tokens: int,
+              limit: int) -> ContextTooLong:
+    turn = len(conversation.turns) + 1
+    if length >= limit:
+        size = f"is {length} tokens, more than the {limit} tokens {vlm.name} reads at once, before any answer"
+        advice = "start a new conversation (this one keeps its turns)."
+    else:
+        size = (f"is {length} tokens, and with up to {max_new_tokens} for the answer it would not fit the "
+                f"{limit} tokens {vlm.name} reads at once")
+        advice = ("start a new conversation (this one keeps its turns), or ask for a shorter answer "
+                  "(max_new_tokens).")
+    return ContextTooLong(
+        f"Turn {turn} of this conversation ({turn - 1} earlier turn(s) and the new question) {size}. "
+        f"Nothing was cut and nothing was asked: {advice}",
+        turn=turn, question=question, length=length, max_new_tokens=max_new_tokens, limit=limit,
     )
 
 
@@ -102,11 +130,21 @@ def _reusable_length(vlm, state: dict | None, key: tuple, ids) -> int:
     return common
 
 
+def _quiet_length_warning(vlm) -> None:
+    """Silence the tokenizer's "Token indices sequence length is longer than ..." warning: conversations
+    check their length against the model's context themselves, and say so in words."""
+    for tokenizer in (getattr(vlm, "tokenizer", None), getattr(vlm.processor, "tokenizer", None)):
+        flags = getattr(tokenizer, "deprecation_warnings", None)
+        if isinstance(flags, dict):
+            flags["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 def local_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result:
     """Answer ``question`` as the next turn of ``conversation`` with a `LocalVLM` (not recorded here)."""
     import torch
 
     text = vlm.processor.apply_chat_template(conversation.messages(question), add_generation_prompt=True)
+    _quiet_length_warning(vlm)  # the length is checked below, against the model's own context
     inputs = vlm.processor(
         text=[text],
         images=[[m.image for m in conversation.images]],
@@ -118,7 +156,7 @@ def local_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result:
     length = ids.shape[1]
     limit = context_length(vlm)
     if limit is not None and length + max_new_tokens > limit:
-        raise _too_long(vlm, conversation, length, max_new_tokens, limit)
+        raise _too_long(vlm, conversation, question, length, max_new_tokens, limit)
     key = (id(vlm.model), vlm.name, vlm.adapter)
     state = conversation.backend_state.get("local")
     reuse = _reusable_length(vlm, state, key, ids[0])
@@ -190,10 +228,12 @@ def remote_turn(vlm, conversation, question: str, max_new_tokens: int) -> Result
         data, choice = vlm._chat(None, question, None, messages=messages, max_tokens=max_new_tokens)
     except AstroVLMError as error:  # ServerRefused carries the HTTP status and the server's detail
         if getattr(error, "status", None) in (400, 413, 422) and _about_length(getattr(error, "detail", "")):
-            raise AstroVLMError(
-                f"{vlm.name} refused this conversation ({len(conversation.turns)} earlier turn(s) and the "
+            turn = len(conversation.turns) + 1
+            raise ContextTooLong(
+                f"{vlm.name} refused turn {turn} of this conversation ({turn - 1} earlier turn(s) and the "
                 f"new question) as too long for its context: {error.detail[:300]}. Nothing was cut: start a "
-                "new conversation (this one keeps its turns), or ask for a shorter answer."
+                "new conversation (this one keeps its turns), or ask for a shorter answer.",
+                turn=turn, question=question, max_new_tokens=max_new_tokens,
             ) from None
         raise
     answer = vlm._answer_text(choice)

@@ -434,17 +434,22 @@ class AstroVLMPanel(QWidget):
                              "export.")
 
     def correct_answer(self, answer: str | None = None, turn: int | None = None) -> None:
-        """Replace an answer (the last by default) of the current conversation with the astronomer's."""
+        """Replace an answer (the last by default; ``turn`` counts from 1) of the current conversation
+        with the astronomer's."""
         title = self.conversation_title()
         conversation = self.vlm.active_conversation(title) if title else None
         if conversation is None or not conversation.turns:
             self._show_error(AstroVLMError("There is no answer to correct yet: ask a question first."))
             return
-        turn = len(conversation.turns) - 1 if turn is None else turn
+        turn = len(conversation.turns) if turn is None else turn
         if answer is None:
-            answer, ok = QInputDialog.getMultiLineText(self, "Correct the answer",
-                                                       conversation.turns[turn].question,
-                                                       conversation.turns[turn].final_answer)
+            try:
+                entry = conversation.turn(turn)
+            except AstroVLMError as error:
+                self._show_error(error)
+                return
+            answer, ok = QInputDialog.getMultiLineText(self, "Correct the answer", entry.question,
+                                                       entry.final_answer)
             if not ok:
                 return
         try:

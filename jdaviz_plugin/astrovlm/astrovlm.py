@@ -663,7 +663,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         self.new_conversation()
 
     def correct_answer(self, answer: str | None = None, turn: int | None = None) -> None:
-        """Replace an answer (the last by default; ``turn`` is 0-based) of the current conversation.
+        """Replace an answer (the last by default; ``turn`` counts from 1) of the current conversation.
 
         Later questions and exports use the corrected answer; the model's answer is kept beside it.
         """
@@ -674,7 +674,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
                                                    "first."))
         answer = self.corrected_answer if answer is None else answer
         try:
-            conversation.correct(len(conversation.turns) - 1 if turn is None else turn, answer)
+            conversation.correct(len(conversation.turns) if turn is None else turn, answer)
         except AstroVLMError as error:
             raise self._report_error(error)
         self.corrected_answer = ""

@@ -25,9 +25,9 @@ def test_corrected_conversation_to_adapter_to_side_by_side_report(
     for x in (200, 320):
         conversation = Conversation(cutout_at(open_image(fits_dir / "HorseHead.fits"), (x, 300), 64))
         conversation.ask(vlm, "Is there a dark nebula?", max_new_tokens=4)
-        conversation.correct(0, "yes")
+        conversation.correct(1, "yes")
         conversation.ask(vlm, "Describe its edge.", max_new_tokens=4)
-        conversation.correct(1, "A bright rim of ionised gas along the western edge.")
+        conversation.correct(2, "A bright rim of ionised gas along the western edge.")
         conversations.append(conversation)
     data = write_llava_json(conversations, tmp_path / "corrected" / "train.json")
 

@@ -30,7 +30,7 @@ def test_follow_ups_continue_and_new_starts_again(horsehead, vlm, tmp_path):
     assert (first.turn, second.turn) == (1, 2)
     (conversation,) = vlm.conversations
     assert conversation.title == f"{image.label} / my box" and len(conversation) == 2
-    vlm.correct(f"{image.label} / my box", 0, "Yes, the Horsehead.")
+    vlm.correct(f"{image.label} / my box", 1, "Yes, the Horsehead.")
     again = vlm.converse("Is there a dark nebula?", "my box", new=True, max_new_tokens=4)
     assert again.turn == 1 and len(vlm.conversations) == 2 and vlm.conversations[0].closed
     table = writeback.results_data_table(dc[writeback.RESULTS_LABEL])
@@ -46,7 +46,7 @@ def test_conversations_survive_a_glue_session_save(horsehead, vlm, tiny_smolvlm_
     dc, image = horsehead
     _box(dc, image)
     vlm.converse("Is there a dark nebula?", "my box", max_new_tokens=4)
-    vlm.correct(f"{image.label} / my box", 0, "Yes.")
+    vlm.correct(f"{image.label} / my box", 1, "Yes.")
     vlm.classify("my box", labels=["star", "nebula"])  # another task rewrites the results dataset
     text = GlueSerializer(dc).dumps()
     restored_dc = GlueUnSerializer.loads(text).object("__main__")
