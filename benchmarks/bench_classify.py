@@ -712,7 +712,6 @@ def main(argv=None) -> int:
 
     cutouts = first_cutouts(args.data_dir, args.n)
     pil = [m.image for m in as_model_images(cutouts)]  # the same stretch the engine applies to the cutouts
-    images = {"cutouts": cutouts, "pil": pil}
     n_b1 = min(args.n_baseline1, args.n)
     n_b2 = args.n if args.n_baseline2 is None else min(args.n_baseline2, args.n)
     # the slow baselines take evenly spaced cutouts, so that every class is in their subset

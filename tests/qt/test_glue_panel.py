@@ -131,7 +131,7 @@ def test_tag_session_round_trip_and_gui_stays_responsive(qtbot, glue_app, fits_d
     on_thread(requests_module, "make_cutouts")
 
     image = _load(glue_app, fits_dir / "HorseHead.fits")
-    user = _box(glue_app, image, "user box")
+    _box(glue_app, image, "user box")  # a subset of the user's own, which tagging must leave alone
     rng = np.random.default_rng(3)
     n_sources = 48
     sky = image.coords.pixel_to_world(rng.uniform(100, 800, n_sources), rng.uniform(100, 800, n_sources))
