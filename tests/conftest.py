@@ -129,12 +129,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def served_model_dir(tmp_path_factory):
-    """A tiny SmolVLM (Idefics3) with the real tokenizer, processor and chat template, random weights."""
+    """A tiny SmolVLM (Idefics3) with the real tokenizer, processor and chat template, random weights of
+    its own (another seed than ``tiny_smolvlm_dir``: a judge served from it is a different model)."""
     from glue_astrovlm.testing import SHARED_SMOLVLM_CONFIG, build_smolvlm
 
     if not SHARED_SMOLVLM_CONFIG.is_dir():
         pytest.skip(f"model configuration {SHARED_SMOLVLM_CONFIG} is not available")
-    return build_smolvlm(tmp_path_factory.mktemp("served-smolvlm"))
+    return build_smolvlm(tmp_path_factory.mktemp("served-smolvlm"), seed=1)
 
 
 @pytest.fixture(scope="session")

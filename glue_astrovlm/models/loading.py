@@ -49,7 +49,8 @@ def _read_config(source: str, trust_remote_code: bool, local_files_only: bool):
     # the raw model_type first: transformers would otherwise fail on an unknown or half-known type with
     # its own advice (upgrade transformers, a missing attribute) instead of naming the families we load
     raw, _ = PretrainedConfig.get_config_dict(source, local_files_only=local_files_only)
-    check_model_type(raw.get("model_type"), source)
+    if "auto_map" not in raw:  # a model with its own code is refused below, unless trusted, for that reason
+        check_model_type(raw.get("model_type"), source)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
                                           local_files_only=local_files_only)
