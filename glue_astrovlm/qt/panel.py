@@ -462,17 +462,10 @@ class AstroVLMPanel(QWidget):
 
     def export_conversations(self, path: str | None = None) -> None:
         """Write every conversation as LLaVA JSON (with its images) for ``astrovlm finetune``."""
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export conversations (LLaVA JSON)",
-                                                  "conversations.json")
-            if not path:
-                return
-        try:
-            written = self.vlm.export_conversations(path)
-        except AstroVLMError as error:
-            self._show_error(error)
-            return
-        self.message.setText(f"Wrote {written}; fine-tune with: astrovlm finetune {written} --model ...")
+        self._write_chosen(path, "Export conversations (LLaVA JSON)", "conversations.json",
+                           self.vlm.export_conversations,
+                           lambda written: f"Wrote {written}; fine-tune with: "
+                                           f"astrovlm finetune {written} --model ...")
 
     def _fill_probabilities(self, result) -> None:
         items = sorted(result.probabilities.items(), key=lambda kv: -kv[1])
@@ -506,16 +499,21 @@ class AstroVLMPanel(QWidget):
 
     def export(self, prefix: str | None = None) -> None:
         """Write all results as an ECSV table and a region file (asks for a name without ``prefix``)."""
-        if prefix is None:
-            prefix, _ = QFileDialog.getSaveFileName(self, "Export AstroVLM results (prefix)", "astrovlm_results")
-            if not prefix:
+        self._write_chosen(prefix, "Export AstroVLM results (prefix)", "astrovlm_results", self.vlm.export,
+                           lambda written: "Wrote " + ", ".join(str(p) for p in written))
+
+    def _write_chosen(self, path, title: str, default: str, write, said) -> None:
+        """``write(path)``, asking for ``path`` with a save dialog when it is None; shows ``said(written)``."""
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, title, default)
+            if not path:
                 return
         try:
-            written = self.vlm.export(prefix)
+            written = write(path)
         except AstroVLMError as error:
             self._show_error(error)
             return
-        self.message.setText("Wrote " + ", ".join(str(p) for p in written))
+        self.message.setText(said(written))
 
     def clear_results(self) -> None:
         self.vlm.clear()

@@ -160,6 +160,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
         self._written_markers = {}  # viewer id -> marker names, for the last tagging run
         self._tagged_data = None
         self._conversations = []    # every conversation (closed ones are kept for export)
+        self._warm_up = None        # the Future of the imports/preload started when first opened
 
         self.dataset.add_filter('is_image_or_flux_cube')
         self.viewer.add_filter('is_image_viewer')
@@ -243,7 +244,7 @@ class AstroVLM(PluginTemplateMixin, DatasetSelectMixin, ViewerSelectMixin, Table
     def _warm_up_when_opened(self, event={}):
         """The first time the plugin is opened: import torch (its one unavoidable pause) and load a model
         that is already on this machine, while the user is still choosing; nothing is downloaded."""
-        if self.plugin_opened and not getattr(self, '_warm_up', None):
+        if self.plugin_opened and self._warm_up is None:
             self._warm_up = self.vlm_session.warm_up(preload=True)
 
     def _show_model_status(self):

@@ -449,12 +449,18 @@ def test_new_app_classifies_a_cube_without_deprecation_warnings(fits_dir, vlm_se
     assert result.provenance.cube == f"slice {shown}"
 
 
-def test_app_asks_about_the_view(fits_dir, vlm_session):
+def _horsehead_app(fits_dir):
+    """A jdaviz App of its own showing HorseHead.fits, and its AstroVLM plugin (already there through the
+    entry point unless glue loaded it earlier; ``add_to`` is idempotent)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         app = jdaviz.App()
         app.load(str(fits_dir / HORSEHEAD), format="Image", extension=0)
-    plg = jdaviz_plugin.add_to(app)  # already there through the entry point unless glue loaded it earlier
+    return app, jdaviz_plugin.add_to(app)
+
+
+def test_app_asks_about_the_view(fits_dir, vlm_session):
+    app, plg = _horsehead_app(fits_dir)  # already there through the entry point unless glue loaded it earlier
     assert [item["name"] for item in app._app.state.tray_items].count("astrovlm") == 1
     plg.vlm_session = vlm_session
     plg.send = "Viewer area"
@@ -467,11 +473,7 @@ def test_the_ask_tab_holds_a_conversation(fits_dir, vlm_session, tmp_path):
     """Its own app: the conversation's rows and subsets stay out of the shared Imviz's state."""
     from glue_astrovlm.datasets import load_llava_json
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        app = jdaviz.App()
-        app.load(str(fits_dir / HORSEHEAD), format="Image", extension=0)
-    plg = jdaviz_plugin.add_to(app)
+    app, plg = _horsehead_app(fits_dir)
     plg.vlm_session = vlm_session
     plg.send = "Viewer area"
     plg._obj.task_tab = 0
@@ -521,11 +523,7 @@ def test_a_jpeg_reaches_the_model_as_jdaviz_shows_it(shared_data):
 def test_opening_the_plugin_loads_a_model_on_this_machine_ahead(fits_dir, tiny_smolvlm_dir, monkeypatch):
     from glue_astrovlm.models import loading
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        app = jdaviz.App()
-        app.load(str(fits_dir / HORSEHEAD), format="Image", extension=0)
-    plg = jdaviz_plugin.add_to(app)
+    app, plg = _horsehead_app(fits_dir)
     plg.model = str(tiny_smolvlm_dir)
     plg.vlm_session.load_options = {"dtype": "float32"}
     assert not plg.vlm_session.is_loaded
